@@ -1,0 +1,60 @@
+/* auth.h - identities, and JWTs that carry them.
+ *
+ * The accepted algorithm and key are pinned by configuration: a token
+ * whose header names any other algorithm (including "none") is refused
+ * before its signature is looked at, and again after. exp is required;
+ * exp, nbf and iat are checked with jwt_leeway_s of skew; iss and aud
+ * must match when configured. Error messages never contain the token.
+ */
+#ifndef STOA_AUTH_H
+#define STOA_AUTH_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "stoa/config.h"
+#include "stoa/perm.h"
+
+#define STOA_TOKEN_MAX 8192
+
+/* Who a peer is. A plain record; whoever holds one owns it and frees it
+ * with stoa_identity_free. */
+typedef struct stoa_identity {
+    char *sub;            /* user id */
+    char *name;           /* display name */
+    char *color;          /* "#rrggbb" */
+    bool anonymous;
+    stoa_perms_t *perms;  /* room rights; never NULL */
+    int64_t exp;          /* expiry (epoch seconds), 0 for none */
+} stoa_identity_t;
+
+void stoa_identity_free(stoa_identity_t *id);
+/* {"id","name","color","anonymous"}: a new object owned by the caller. */
+json_object *stoa_identity_user_json(const stoa_identity_t *id);
+
+typedef struct stoa_auth stoa_auth_t;
+
+/* Load keys as configured. With HS256 and no jwt_secret, a 256-bit secret
+ * is generated once into <data_dir>/jwt-secret (mode 0600) and reused.
+ * Returns a verifier owned by the caller, or NULL with a message in err. */
+stoa_auth_t *stoa_auth_new(const stoa_config_t *cfg, char *err, size_t errlen);
+void stoa_auth_free(stoa_auth_t *auth);
+
+/* Verify a token. Returns a new identity owned by the caller, or NULL with
+ * the reason in err (safe to show to the client). Thread-safe. */
+stoa_identity_t *stoa_auth_verify(const stoa_auth_t *auth, const char *token, char *err, size_t errlen);
+
+/* A new anonymous identity ("Neon Narwhal", a colour, the configured
+ * anonymous rights, a random sub "anon-..."), owned by the caller. */
+stoa_identity_t *stoa_auth_anonymous(const stoa_auth_t *auth);
+
+/* Whether this configuration holds a signing key (HS256 always; RS256 and
+ * ES256 only with jwt_private_key_file). */
+bool stoa_auth_can_mint(const stoa_auth_t *auth);
+
+/* Sign a token for id (borrowed) valid for ttl_s seconds from now. Returns
+ * a string owned by the caller (free()), or NULL with a message in err. */
+char *stoa_auth_mint(const stoa_auth_t *auth, const stoa_identity_t *id, int ttl_s, char *err, size_t errlen);
+
+#endif

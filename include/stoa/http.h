@@ -1,0 +1,28 @@
+/* http.h - the HTTP side of the port (libmicrohttpd): REST and static files.
+ *
+ * libmicrohttpd runs its own internal epoll thread; handlers run there and
+ * call the hub like any transport. Sockets arrive from the acceptor through
+ * stoa_http_add (MHD_add_connection, safe from another thread).
+ */
+#ifndef STOA_HTTP_H
+#define STOA_HTTP_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "stoa/auth.h"
+#include "stoa/config.h"
+#include "stoa/hub.h"
+
+typedef struct stoa_http stoa_http_t;
+
+/* Start libmicrohttpd without a listening socket. cfg, hub and auth are
+ * borrowed and must outlive it. NULL with err on failure. */
+stoa_http_t *stoa_http_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa_auth_t *auth, char *err,
+                           size_t errlen);
+/* Hand over an accepted socket (ownership passes; closed on failure). */
+void stoa_http_add(stoa_http_t *http, int fd, const struct sockaddr *addr, socklen_t addrlen);
+/* Stop the daemon and free. */
+void stoa_http_free(stoa_http_t *http);
+
+#endif

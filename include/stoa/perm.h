@@ -1,0 +1,41 @@
+/* perm.h - room rights granted by a token.
+ *
+ * A grant is a JSON object mapping room patterns to rights, for example
+ * {"doc:123": "rw", "record:*": "r"}. A pattern is a room name, or a
+ * prefix ending in '*' ("*" alone matches every room). Rights are "r"
+ * (read: join, see presence, send own presence and ephemeral messages),
+ * "rw" (read and write: document updates and snapshots) or "" (none).
+ * For a room the longest matching pattern decides, an exact name beating
+ * any wildcard. The sidecar "eph:<room>" is readable by anyone who can
+ * read <room>, whatever the patterns say about the sidecar itself.
+ */
+#ifndef STOA_PERM_H
+#define STOA_PERM_H
+
+#include <json-c/json.h>
+#include <stddef.h>
+
+enum { STOA_RIGHT_READ = 1u, STOA_RIGHT_WRITE = 2u };
+
+#define STOA_PERM_MAX_PATTERNS 256
+
+typedef struct stoa_perms stoa_perms_t;
+
+/* Build rights from a JSON object (borrowed). Returns a new set owned by
+ * the caller, or NULL with a message in err when the object is malformed
+ * (not an object, a value other than "r"/"rw"/"", too many patterns, or a
+ * pattern longer than max_pattern_bytes). */
+stoa_perms_t *stoa_perms_from_json(json_object *obj, size_t max_pattern_bytes, char *err, size_t errlen);
+/* Same, from JSON text. */
+stoa_perms_t *stoa_perms_parse(const char *text, size_t max_pattern_bytes, char *err, size_t errlen);
+/* A copy owned by the caller. */
+stoa_perms_t *stoa_perms_copy(const stoa_perms_t *perms);
+void stoa_perms_free(stoa_perms_t *perms);
+
+/* STOA_RIGHT_* bits granted on room (0 when nothing matches). */
+unsigned stoa_perms_rights(const stoa_perms_t *perms, const char *room);
+
+/* The grant as a JSON object; a new object owned by the caller. */
+json_object *stoa_perms_to_json(const stoa_perms_t *perms);
+
+#endif

@@ -1,0 +1,35 @@
+/* util.h - allocation, clocks and randomness shared by every module.
+ *
+ * Out-of-memory policy: every allocation goes through stoa_xmalloc and
+ * friends, which abort the process with a message. Stoa holds only
+ * ephemeral state, so a crash and restart is safer than limping on.
+ */
+#ifndef STOA_UTIL_H
+#define STOA_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Allocate or abort. The caller owns the result and frees it with free(). */
+void *stoa_xmalloc(size_t n);
+void *stoa_xcalloc(size_t nmemb, size_t size);
+void *stoa_xrealloc(void *p, size_t n);
+char *stoa_xstrdup(const char *s);
+char *stoa_xstrndup(const char *s, size_t n);
+
+/* Milliseconds on the monotonic clock (for deadlines and rates). */
+int64_t stoa_now_ms(void);
+/* Seconds since the epoch on the wall clock (for JWT exp/nbf/iat). */
+int64_t stoa_wall_s(void);
+
+/* Fill buf with n cryptographically random bytes (getrandom). */
+void stoa_random_bytes(void *buf, size_t n);
+/* Write a random identifier of `chars` characters from [a-z0-9] plus a
+ * terminating NUL into out (which must hold chars + 1 bytes). */
+void stoa_random_id(char *out, size_t chars);
+/* Uniform random number in [0, bound). */
+uint32_t stoa_random_below(uint32_t bound);
+
+#define STOA_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif

@@ -1,0 +1,33 @@
+/* wire.h - encoders of the server-to-client messages of docs/protocol.md.
+ *
+ * Each returns a new message (one reference, owned by the caller) encoded
+ * once as plain JSON. json_object arguments are borrowed; `id` is the
+ * client's request id echoed back (any JSON scalar) and may be NULL.
+ * json-c reference counts are not atomic: call these only where the
+ * objects passed in are not touched by another thread (the hub calls them
+ * under its lock).
+ */
+#ifndef STOA_WIRE_H
+#define STOA_WIRE_H
+
+#include <json-c/json.h>
+
+#include "stoa/error.h"
+#include "stoa/msg.h"
+
+stoa_msg_t *stoa_wire_welcome(const char *peer, json_object *user, int heartbeat_interval_s,
+                              int heartbeat_timeout_s, json_object *limits);
+stoa_msg_t *stoa_wire_room_state(const char *room, json_object *peers, json_object *id);
+stoa_msg_t *stoa_wire_peer_joined(const char *room, const char *peer, json_object *user, json_object *state);
+stoa_msg_t *stoa_wire_presence(const char *room, const char *peer, json_object *state);
+stoa_msg_t *stoa_wire_peer_left(const char *room, const char *peer, const char *reason);
+stoa_msg_t *stoa_wire_ephemeral(const char *room, const char *from, json_object *user, json_object *data);
+stoa_msg_t *stoa_wire_notice(const char *level, const char *message);
+stoa_msg_t *stoa_wire_error(stoa_err_t code, const char *message, json_object *id, const char *room);
+stoa_msg_t *stoa_wire_ack(json_object *id);
+stoa_msg_t *stoa_wire_pong(json_object *id);
+
+/* Encode obj (borrowed) as a message. */
+stoa_msg_t *stoa_wire_encode(json_object *obj);
+
+#endif

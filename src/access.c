@@ -1,0 +1,99 @@
+/* access.c - tokens, Origins and identities of incoming requests. */
+#include "stoa/access.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+const char *stoa_access_token(const char *query_token, const char *authorization, const char *cookie_header,
+                              const char *cookie_name, char *buf, size_t buflen)
+{
+    if (query_token && query_token[0])
+        return query_token;
+    if (authorization && strncasecmp(authorization, "Bearer ", 7) == 0) {
+        const char *t = authorization + 7;
+        while (*t == ' ')
+            t++;
+        if (*t)
+            return t;
+    }
+    if (cookie_header && cookie_name && cookie_name[0]) {
+        size_t nlen = strlen(cookie_name);
+        const char *p = cookie_header;
+        while (*p) {
+            while (*p == ' ' || *p == ';')
+                p++;
+            if (strncmp(p, cookie_name, nlen) == 0 && p[nlen] == '=') {
+                const char *v = p + nlen + 1, *end = strchr(v, ';');
+                size_t vlen = end ? (size_t)(end - v) : strlen(v);
+                if (vlen == 0 || vlen >= buflen)
+                    return NULL;
+                memcpy(buf, v, vlen);
+                buf[vlen] = '\0';
+                return buf;
+            }
+            p = strchr(p, ';');
+            if (!p)
+                break;
+        }
+    }
+    return NULL;
+}
+
+static bool same_origin(const char *origin, const char *host)
+{
+    const char *rest;
+    if (!host || !host[0])
+        return false;
+    if (strncmp(origin, "http://", 7) == 0)
+        rest = origin + 7;
+    else if (strncmp(origin, "https://", 8) == 0)
+        rest = origin + 8;
+    else
+        return false;
+    return strcasecmp(rest, host) == 0;
+}
+
+bool stoa_access_origin_allowed(const stoa_config_t *cfg, const char *origin, const char *host)
+{
+    const char *list = cfg->allowed_origins;
+    size_t olen;
+    if (!origin || !origin[0])
+        return true;
+    if (same_origin(origin, host))
+        return true;
+    olen = strlen(origin);
+    while (*list) {
+        const char *end = strchr(list, ',');
+        size_t len = end ? (size_t)(end - list) : strlen(list);
+        while (len > 0 && *list == ' ') {
+            list++;
+            len--;
+        }
+        while (len > 0 && list[len - 1] == ' ')
+            len--;
+        if ((len == 1 && list[0] == '*') || (len == olen && strncasecmp(list, origin, len) == 0))
+            return true;
+        if (!end)
+            break;
+        list = end + 1;
+    }
+    return false;
+}
+
+stoa_identity_t *stoa_access_identify(const stoa_auth_t *auth, const stoa_config_t *cfg, const char *token,
+                                      stoa_err_t *code, char *why, size_t whylen)
+{
+    stoa_identity_t *id;
+    if (!token || !token[0]) {
+        if (cfg->allow_anonymous)
+            return stoa_auth_anonymous(auth);
+        *code = STOA_ERR_AUTH_FAILED;
+        snprintf(why, whylen, "a token is required (anonymous access is disabled)");
+        return NULL;
+    }
+    id = stoa_auth_verify(auth, token, why, whylen);
+    if (!id)
+        *code = STOA_ERR_AUTH_FAILED;
+    return id;
+}

@@ -1,0 +1,449 @@
+/* http.c - REST API and static files over libmicrohttpd. */
+#include "stoa/http.h"
+#include "stoa/access.h"
+#include "stoa/log.h"
+#include "stoa/room.h"
+#include "stoa/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <microhttpd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define BODY_MAX_DEFAULT 65536
+#define PATH_ARG_MAX 1024
+
+struct stoa_http {
+    const stoa_config_t *cfg;
+    stoa_hub_t *hub;
+    const stoa_auth_t *auth;
+    struct MHD_Daemon *daemon;
+};
+
+/* Per-request state, made on the first call and freed when MHD completes. */
+typedef struct request {
+    char *body;
+    size_t len;
+    bool too_big;
+} request_t;
+
+typedef struct call {
+    stoa_http_t *http;
+    struct MHD_Connection *conn;
+    const char *method;
+    request_t *req;
+    char arg[PATH_ARG_MAX];      /* the {room} segment, when the route has one */
+    const char *origin;          /* allowed Origin to echo in CORS headers, or NULL */
+} call_t;
+
+typedef enum MHD_Result (*handler_fn)(call_t *call);
+
+typedef struct {
+    const char *method;
+    const char *pattern;         /* "{}" matches one path segment */
+    handler_fn handler;
+} route_t;
+
+/* ---- responses ---- */
+
+static enum MHD_Result send_text(call_t *c, unsigned status, const char *type, const char *text, size_t len,
+                                 const char *extra_header, const char *extra_value)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)text, MHD_RESPMEM_MUST_COPY);
+    enum MHD_Result ret;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    if (c->origin) {
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, c->origin);
+        MHD_add_response_header(r, "Access-Control-Allow-Credentials", "true");
+        MHD_add_response_header(r, MHD_HTTP_HEADER_VARY, "Origin");
+    }
+    if (extra_header)
+        MHD_add_response_header(r, extra_header, extra_value);
+    ret = MHD_queue_response(c->conn, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result send_json(call_t *c, unsigned status, json_object *obj)
+{
+    size_t len = 0;
+    const char *text = json_object_to_json_string_length(obj, JSON_C_TO_STRING_PLAIN, &len);
+    enum MHD_Result ret = send_text(c, status, "application/json", text, len, NULL, NULL);
+    json_object_put(obj);
+    return ret;
+}
+
+static enum MHD_Result send_error_h(call_t *c, stoa_err_t code, const char *hname, const char *hvalue,
+                                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static enum MHD_Result send_error_h(call_t *c, stoa_err_t code, const char *hname, const char *hvalue,
+                                    const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    json_object *o = json_object_new_object(), *e = json_object_new_object();
+    size_t len = 0;
+    const char *text;
+    enum MHD_Result ret;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    json_object_object_add(e, "code", json_object_new_string(stoa_err_name(code)));
+    json_object_object_add(e, "message", json_object_new_string(msg));
+    json_object_object_add(o, "error", e);
+    text = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN, &len);
+    ret = send_text(c, stoa_err_http_status(code), "application/json", text, len, hname, hvalue);
+    json_object_put(o);
+    return ret;
+}
+
+#define send_error(c, code, ...) send_error_h((c), (code), NULL, NULL, __VA_ARGS__)
+
+/* ---- identity of the caller ---- */
+
+static stoa_identity_t *identify(call_t *c, bool allow_anonymous_fallback, stoa_err_t *code, char *why,
+                                 size_t whylen)
+{
+    stoa_http_t *h = c->http;
+    char cookie_buf[STOA_TOKEN_MAX + 1];
+    const char *token = stoa_access_token(
+        MHD_lookup_connection_value(c->conn, MHD_GET_ARGUMENT_KIND, "token"),
+        MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
+        MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_COOKIE), h->cfg->token_cookie,
+        cookie_buf, sizeof cookie_buf);
+    if (!token && !allow_anonymous_fallback) {
+        *code = STOA_ERR_AUTH_FAILED;
+        snprintf(why, whylen, "no token (send Authorization: Bearer <token>)");
+        return NULL;
+    }
+    return stoa_access_identify(h->auth, h->cfg, token, code, why, whylen);
+}
+
+/* ---- handlers ---- */
+
+static enum MHD_Result h_health(call_t *c)
+{
+    size_t sessions, rooms;
+    json_object *o = json_object_new_object();
+    stoa_hub_stats(c->http->hub, &sessions, &rooms);
+    json_object_object_add(o, "status", json_object_new_string("ok"));
+    json_object_object_add(o, "version", json_object_new_string(STOA_VERSION));
+    json_object_object_add(o, "sessions", json_object_new_int64((int64_t)sessions));
+    json_object_object_add(o, "rooms", json_object_new_int64((int64_t)rooms));
+    return send_json(c, MHD_HTTP_OK, o);
+}
+
+static enum MHD_Result h_me(call_t *c)
+{
+    stoa_err_t code;
+    char why[256];
+    stoa_identity_t *id = identify(c, false, &code, why, sizeof why);
+    json_object *o;
+    if (!id)
+        return send_error(c, code, "%s", why);
+    o = json_object_new_object();
+    json_object_object_add(o, "user", stoa_identity_user_json(id));
+    json_object_object_add(o, "rooms", stoa_perms_to_json(id->perms));
+    json_object_object_add(o, "expires_at", json_object_new_int64(id->exp));
+    stoa_identity_free(id);
+    return send_json(c, MHD_HTTP_OK, o);
+}
+
+static enum MHD_Result h_anonymous(call_t *c)
+{
+    stoa_http_t *h = c->http;
+    stoa_identity_t *id;
+    char err[256];
+    char *token;
+    json_object *o;
+
+    if (!h->cfg->allow_anonymous)
+        return send_error(c, STOA_ERR_ANONYMOUS_DISABLED, "anonymous access is disabled on this server");
+    if (!stoa_auth_can_mint(h->auth))
+        return send_error(c, STOA_ERR_NOT_SUPPORTED, "this server has no signing key (jwt_private_key_file)");
+    id = stoa_auth_anonymous(h->auth);
+    token = stoa_auth_mint(h->auth, id, h->cfg->token_ttl_s, err, sizeof err);
+    if (!token) {
+        stoa_identity_free(id);
+        return send_error(c, STOA_ERR_INTERNAL, "%s", err);
+    }
+    o = json_object_new_object();
+    json_object_object_add(o, "token", json_object_new_string(token));
+    json_object_object_add(o, "user", stoa_identity_user_json(id));
+    json_object_object_add(o, "rooms", stoa_perms_to_json(id->perms));
+    json_object_object_add(o, "expires_at", json_object_new_int64(stoa_wall_s() + h->cfg->token_ttl_s));
+    free(token);
+    stoa_identity_free(id);
+    return send_json(c, MHD_HTTP_OK, o);
+}
+
+static enum MHD_Result h_presence(call_t *c)
+{
+    stoa_http_t *h = c->http;
+    const char *why_room;
+    stoa_err_t code;
+    char why[256];
+    stoa_identity_t *id;
+    unsigned rights;
+    char *text;
+    enum MHD_Result ret;
+
+    if (!stoa_room_valid(c->arg, (size_t)h->cfg->max_room_name_bytes, &why_room))
+        return send_error(c, STOA_ERR_BAD_ROOM, "%s", why_room);
+    id = identify(c, true, &code, why, sizeof why);
+    if (!id)
+        return send_error(c, code, "%s", why);
+    rights = stoa_perms_rights(id->perms, c->arg);
+    stoa_identity_free(id);
+    if (!(rights & STOA_RIGHT_READ))
+        return send_error(c, STOA_ERR_PERMISSION_DENIED, "no read permission on %s", c->arg);
+    text = stoa_hub_room_json(h->hub, c->arg);
+    ret = send_text(c, MHD_HTTP_OK, "application/json", text, strlen(text), NULL, NULL);
+    free(text);
+    return ret;
+}
+
+static enum MHD_Result h_ws_plain(call_t *c)
+{
+    return send_error_h(c, STOA_ERR_UPGRADE_REQUIRED, MHD_HTTP_HEADER_UPGRADE, "websocket",
+                        "/v1/ws is a WebSocket endpoint: send Upgrade: websocket on a new connection");
+}
+
+static const route_t routes[] = {
+    {"GET", "/healthz", h_health},
+    {"GET", "/v1/auth/me", h_me},
+    {"POST", "/v1/auth/anonymous", h_anonymous},
+    {"GET", "/v1/rooms/{}/presence", h_presence},
+    {"GET", "/v1/ws", h_ws_plain},
+};
+
+/* Match url against pattern; on a match copy the {} segment into arg. */
+static bool match(const char *pattern, const char *url, char *arg, size_t arglen)
+{
+    while (*pattern && *url) {
+        if (pattern[0] == '{' && pattern[1] == '}') {
+            const char *end = strchr(url, '/');
+            size_t len = end ? (size_t)(end - url) : strlen(url);
+            if (len == 0 || len >= arglen)
+                return false;
+            memcpy(arg, url, len);
+            arg[len] = '\0';
+            url += len;
+            pattern += 2;
+            continue;
+        }
+        if (*pattern++ != *url++)
+            return false;
+    }
+    return *pattern == '\0' && *url == '\0';
+}
+
+/* ---- static files ---- */
+
+static const char *content_type(const char *path)
+{
+    static const struct { const char *ext, *type; } types[] = {
+        {".html", "text/html; charset=utf-8"}, {".js", "text/javascript; charset=utf-8"},
+        {".mjs", "text/javascript; charset=utf-8"}, {".css", "text/css; charset=utf-8"},
+        {".json", "application/json"}, {".svg", "image/svg+xml"}, {".png", "image/png"},
+        {".ico", "image/x-icon"}, {".txt", "text/plain; charset=utf-8"},
+    };
+    const char *dot = strrchr(path, '.');
+    for (size_t i = 0; dot && i < STOA_ARRAY_LEN(types); i++)
+        if (strcmp(dot, types[i].ext) == 0)
+            return types[i].type;
+    return "application/octet-stream";
+}
+
+static bool safe_path(const char *url)
+{
+    if (url[0] != '/' || strstr(url, "..") || strstr(url, "//"))
+        return false;
+    for (const char *p = url; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              strchr("/._-", *p)))
+            return false;
+    return true;
+}
+
+static enum MHD_Result serve_file(call_t *c, const char *url)
+{
+    stoa_http_t *h = c->http;
+    char path[4096];
+    struct stat st;
+    struct MHD_Response *r;
+    enum MHD_Result ret;
+    int fd;
+
+    if (strcmp(c->method, "GET") != 0 && strcmp(c->method, "HEAD") != 0)
+        return send_error_h(c, STOA_ERR_METHOD_NOT_ALLOWED, MHD_HTTP_HEADER_ALLOW, "GET, HEAD",
+                            "%s is not allowed on %s", c->method, url);
+    if (!h->cfg->www_dir[0] || !safe_path(url))
+        return send_error(c, STOA_ERR_NOT_FOUND, "no such resource");
+    snprintf(path, sizeof path, "%s%s%s", h->cfg->www_dir, url, url[strlen(url) - 1] == '/' ? "index.html" : "");
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        if (fd >= 0)
+            close(fd);
+        return send_error(c, STOA_ERR_NOT_FOUND, "no such resource");
+    }
+    r = MHD_create_response_from_fd((size_t)st.st_size, fd);   /* MHD closes fd */
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type(path));
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    ret = MHD_queue_response(c->conn, MHD_HTTP_OK, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+/* ---- dispatch ---- */
+
+static enum MHD_Result dispatch(call_t *c, const char *url)
+{
+    stoa_http_t *h = c->http;
+    const char *origin = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ORIGIN);
+    const char *host = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    char allow[64] = "";
+    bool path_matched = false;
+
+    if (origin && origin[0]) {
+        if (!stoa_access_origin_allowed(h->cfg, origin, host))
+            return send_error(c, STOA_ERR_ORIGIN_DENIED, "Origin %.100s is not allowed", origin);
+        c->origin = origin;
+    }
+    if (c->req->too_big)
+        return send_error(c, STOA_ERR_MESSAGE_TOO_LARGE, "request body larger than %d bytes",
+                          h->cfg->max_message_bytes);
+    for (size_t i = 0; i < STOA_ARRAY_LEN(routes); i++) {
+        if (!match(routes[i].pattern, url, c->arg, sizeof c->arg))
+            continue;
+        if (strcmp(routes[i].method, c->method) == 0)
+            return routes[i].handler(c);
+        path_matched = true;
+        if (strlen(allow) + strlen(routes[i].method) + 3 < sizeof allow) {
+            if (allow[0])
+                strcat(allow, ", ");
+            strcat(allow, routes[i].method);
+        }
+    }
+    if (path_matched) {
+        if (strcmp(c->method, "OPTIONS") == 0 && c->origin) {
+            struct MHD_Response *r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+            enum MHD_Result ret;
+            MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, c->origin);
+            MHD_add_response_header(r, "Access-Control-Allow-Credentials", "true");
+            MHD_add_response_header(r, "Access-Control-Allow-Methods", allow);
+            MHD_add_response_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+            MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+            MHD_add_response_header(r, MHD_HTTP_HEADER_VARY, "Origin");
+            ret = MHD_queue_response(c->conn, MHD_HTTP_NO_CONTENT, r);
+            MHD_destroy_response(r);
+            return ret;
+        }
+        return send_error_h(c, STOA_ERR_METHOD_NOT_ALLOWED, MHD_HTTP_HEADER_ALLOW, allow,
+                            "%s is not allowed on %s (allowed: %s)", c->method, url, allow);
+    }
+    if (strncmp(url, "/v1/", 4) == 0 || strcmp(url, "/v1") == 0)
+        return send_error(c, STOA_ERR_NOT_FOUND, "no such endpoint: %.200s", url);
+    return serve_file(c, url);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    stoa_http_t *h = cls;
+    request_t *req = *con_cls;
+    call_t call;
+
+    if (!req) {
+        *con_cls = stoa_xcalloc(1, sizeof(request_t));
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        size_t n = *upload_data_size;
+        if (!req->too_big && req->len + n <= (size_t)h->cfg->max_message_bytes) {
+            req->body = stoa_xrealloc(req->body, req->len + n + 1);
+            memcpy(req->body + req->len, upload_data, n);
+            req->len += n;
+            req->body[req->len] = '\0';
+        } else {
+            req->too_big = true;
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    memset(&call, 0, sizeof call);
+    call.http = h;
+    call.conn = conn;
+    call.method = method;
+    call.req = req;
+    return dispatch(&call, url);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    request_t *req = *con_cls;
+    if (req) {
+        free(req->body);
+        free(req);
+        *con_cls = NULL;
+    }
+}
+
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+{
+    char line[512];
+    size_t len;
+    vsnprintf(line, sizeof line, fmt, ap);
+    len = strlen(line);
+    while (len > 0 && line[len - 1] == '\n')
+        line[--len] = '\0';
+    STOA_DEBUG("mhd: %s", line);
+}
+
+stoa_http_t *stoa_http_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa_auth_t *auth, char *err,
+                           size_t errlen)
+{
+    stoa_http_t *h = stoa_xcalloc(1, sizeof *h);
+    h->cfg = cfg;
+    h->hub = hub;
+    h->auth = auth;
+    h->daemon = MHD_start_daemon(
+        MHD_USE_NO_LISTEN_SOCKET | MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
+            MHD_USE_ERROR_LOG,
+        0, NULL, NULL, on_request, h,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->http_memory_limit,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, h,
+        MHD_OPTION_END);
+    if (!h->daemon) {
+        snprintf(err, errlen, "libmicrohttpd: cannot start the HTTP daemon");
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void stoa_http_add(stoa_http_t *h, int fd, const struct sockaddr *addr, socklen_t addrlen)
+{
+    if (MHD_add_connection(h->daemon, fd, addr, addrlen) != MHD_YES)
+        STOA_WARN("http: connection refused (limit of %d reached?)", h->cfg->max_connections);
+}
+
+void stoa_http_free(stoa_http_t *h)
+{
+    if (!h)
+        return;
+    MHD_stop_daemon(h->daemon);
+    free(h);
+}

@@ -1,0 +1,155 @@
+/* proto.c - decoding and dispatching client messages. */
+#include "stoa/proto.h"
+#include "stoa/wire.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Every command has the same shape: an optional room, an optional argument
+ * (state or data), the request id. */
+typedef stoa_err_t (*handler_t)(stoa_session_t *sess, const char *room, json_object *arg, json_object *id,
+                                char *why, size_t whylen);
+
+static stoa_err_t do_join(stoa_session_t *s, const char *room, json_object *arg, json_object *id, char *why,
+                          size_t whylen)
+{
+    return stoa_hub_join(s, room, arg, id, why, whylen);
+}
+
+static stoa_err_t do_leave(stoa_session_t *s, const char *room, json_object *arg, json_object *id, char *why,
+                           size_t whylen)
+{
+    return stoa_hub_leave(s, room, id, why, whylen);
+}
+
+static stoa_err_t do_heartbeat(stoa_session_t *s, const char *room, json_object *arg, json_object *id,
+                               char *why, size_t whylen)
+{
+    return stoa_hub_heartbeat(s, room, id, why, whylen);
+}
+
+static stoa_err_t do_ping(stoa_session_t *s, const char *room, json_object *arg, json_object *id, char *why,
+                          size_t whylen)
+{
+    stoa_hub_send(s, stoa_wire_pong(id));
+    return STOA_OK;
+}
+
+typedef struct {
+    const char *type;
+    bool needs_room;
+    const char *arg;        /* name of the argument field, or NULL */
+    bool arg_required;
+    handler_t handler;
+} command_t;
+
+static const command_t commands[] = {
+    {.type = "join", .needs_room = true, .arg = "state", .handler = do_join},
+    {.type = "leave", .needs_room = true, .handler = do_leave},
+    {.type = "presence", .needs_room = true, .arg = "state", .arg_required = true, .handler = stoa_hub_presence},
+    {.type = "heartbeat", .needs_room = true, .handler = do_heartbeat},
+    {.type = "ephemeral", .needs_room = true, .arg = "data", .arg_required = true, .handler = stoa_hub_ephemeral},
+    {.type = "ping", .handler = do_ping},
+};
+
+void stoa_proto_error(stoa_session_t *sess, stoa_err_t code, const char *message, json_object *id,
+                      const char *room)
+{
+    stoa_hub_send(sess, stoa_wire_error(code, message, id, room));
+}
+
+static json_object *parse(const char *text, size_t len, char *why, size_t whylen)
+{
+    struct json_tokener *tok = json_tokener_new_ex(STOA_PROTO_MAX_DEPTH);
+    json_object *obj;
+    if (!tok)
+        return NULL;
+    obj = json_tokener_parse_ex(tok, text, (int)len);
+    if (!obj) {
+        enum json_tokener_error e = json_tokener_get_error(tok);
+        snprintf(why, whylen, "invalid JSON: %s", e == json_tokener_continue ? "incomplete value"
+                                                                              : json_tokener_error_desc(e));
+    } else if (json_tokener_get_parse_end(tok) < len) {
+        size_t end = json_tokener_get_parse_end(tok);
+        while (end < len && strchr(" \t\r\n", text[end]))
+            end++;
+        if (end < len) {
+            snprintf(why, whylen, "unexpected data after the JSON value");
+            json_object_put(obj);
+            obj = NULL;
+        }
+    }
+    json_tokener_free(tok);
+    return obj;
+}
+
+static bool valid_id(json_object *id)
+{
+    switch (json_object_get_type(id)) {
+    case json_type_int:
+    case json_type_double:
+        return true;
+    case json_type_string:
+        return json_object_get_string_len(id) <= STOA_PROTO_MAX_ID;
+    default:
+        return false;
+    }
+}
+
+stoa_err_t stoa_proto_handle(stoa_session_t *sess, const char *text, size_t len)
+{
+    json_object *msg = NULL, *id = NULL, *type, *room_obj, *arg = NULL;
+    const command_t *cmd = NULL;
+    const char *room = NULL, *type_name;
+    char why[256] = "";
+    stoa_err_t err = STOA_OK;
+
+    if (len == 0 || !(msg = parse(text, len, why, sizeof why))) {
+        stoa_proto_error(sess, STOA_ERR_BAD_JSON, len ? why : "empty message", NULL, NULL);
+        return STOA_ERR_BAD_JSON;
+    }
+    if (!json_object_is_type(msg, json_type_object)) {
+        err = STOA_ERR_BAD_MESSAGE;
+        snprintf(why, sizeof why, "a message is a JSON object with a \"type\"");
+        goto out;
+    }
+    if (json_object_object_get_ex(msg, "id", &id) && !valid_id(id)) {
+        id = NULL;
+        err = STOA_ERR_BAD_MESSAGE;
+        snprintf(why, sizeof why, "id must be a number or a string of at most %d bytes", STOA_PROTO_MAX_ID);
+        goto out;
+    }
+    if (!json_object_object_get_ex(msg, "type", &type) || !json_object_is_type(type, json_type_string)) {
+        err = STOA_ERR_BAD_MESSAGE;
+        snprintf(why, sizeof why, "missing field \"type\" (a string)");
+        goto out;
+    }
+    type_name = json_object_get_string(type);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(commands[i].type, type_name) == 0)
+            cmd = &commands[i];
+    if (!cmd) {
+        err = STOA_ERR_UNKNOWN_TYPE;
+        snprintf(why, sizeof why, "unknown message type \"%.64s\"", type_name);
+        goto out;
+    }
+    if (cmd->needs_room) {
+        if (!json_object_object_get_ex(msg, "room", &room_obj) || !json_object_is_type(room_obj, json_type_string)) {
+            err = STOA_ERR_BAD_MESSAGE;
+            snprintf(why, sizeof why, "%s needs field \"room\" (a string)", cmd->type);
+            goto out;
+        }
+        room = json_object_get_string(room_obj);
+    }
+    if (cmd->arg && !json_object_object_get_ex(msg, cmd->arg, &arg) && cmd->arg_required) {
+        err = STOA_ERR_BAD_MESSAGE;
+        snprintf(why, sizeof why, "%s needs field \"%s\"", cmd->type, cmd->arg);
+        goto out;
+    }
+    err = cmd->handler(sess, room, arg, id, why, sizeof why);
+out:
+    if (err)
+        stoa_proto_error(sess, err, why, id, room);
+    json_object_put(msg);
+    return err;
+}

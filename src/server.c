@@ -1,0 +1,116 @@
+/* server.c - start-up, the housekeeping loop on the main thread, shutdown.
+ *
+ * Threads: main (signals, the hub's once-a-second tick), the acceptor,
+ * libmicrohttpd's internal thread, the libwebsockets service thread.
+ * See docs/architecture.md.
+ */
+#include "stoa/server.h"
+#include "stoa/acceptor.h"
+#include "stoa/auth.h"
+#include "stoa/http.h"
+#include "stoa/hub.h"
+#include "stoa/log.h"
+#include "stoa/util.h"
+#include "stoa/ws.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#define TICK_MS 250
+
+static void http_handoff(void *ud, int fd, const struct sockaddr *addr, socklen_t len)
+{
+    stoa_http_add(ud, fd, addr, len);
+}
+
+static void ws_handoff(void *ud, int fd, const struct sockaddr *addr, socklen_t len)
+{
+    stoa_ws_adopt(ud, fd);
+}
+
+/* libwebsockets sizes its descriptor table from RLIMIT_NOFILE when its
+ * context is made: raise the soft limit to the hard one first. */
+static void raise_fd_limit(const stoa_config_t *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)cfg->max_connections + 64)
+        STOA_WARN("open files are limited to %llu, below max_connections (%d)",
+                  (unsigned long long)rl.rlim_cur, cfg->max_connections);
+}
+
+int stoa_server_run(const stoa_config_t *cfg)
+{
+    char err[512];
+    sigset_t sigs;
+    stoa_auth_t *auth = NULL;
+    stoa_hub_t *hub = NULL;
+    stoa_http_t *http = NULL;
+    stoa_ws_t *ws = NULL;
+    stoa_acceptor_t *acc = NULL;
+    int rc = 1;
+    int64_t next_tick;
+
+    stoa_log_set_level((stoa_log_level_t)stoa_log_parse_level(cfg->log_level));
+    /* Block the signals in every thread; main waits for them. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit(cfg);
+
+    if (!(auth = stoa_auth_new(cfg, err, sizeof err)))
+        goto fail;
+    hub = stoa_hub_new(cfg);
+    if (!(http = stoa_http_new(cfg, hub, auth, err, sizeof err)))
+        goto fail;
+    if (!(ws = stoa_ws_new(cfg, hub, auth, err, sizeof err)))
+        goto fail;
+    if (!(acc = stoa_acceptor_new(cfg, http_handoff, http, ws_handoff, ws, err, sizeof err)))
+        goto fail;
+    if (stoa_acceptor_start(acc) < 0) {
+        snprintf(err, sizeof err, "cannot start the acceptor thread");
+        goto fail;
+    }
+    STOA_INFO("stoa %s listening on http://%s (port %d); WebSocket at /v1/ws; jwt %s; anonymous %s",
+              STOA_VERSION, cfg->listen, stoa_acceptor_port(acc), cfg->jwt_alg,
+              cfg->allow_anonymous ? "allowed" : "refused");
+
+    next_tick = stoa_now_ms() + 1000;
+    for (;;) {
+        struct timespec ts = {0, TICK_MS * 1000000L};
+        int sig = sigtimedwait(&sigs, NULL, &ts);
+        if (sig == SIGINT || sig == SIGTERM) {
+            STOA_INFO("received %s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+            break;
+        }
+        if (stoa_now_ms() >= next_tick) {
+            stoa_hub_tick(hub, stoa_now_ms());
+            next_tick += 1000;
+        }
+    }
+    rc = 0;
+    goto out;
+fail:
+    STOA_ERROR("%s", err);
+out:
+    /* No new connections first, then close the transports (their peers
+     * leave), then the hub. */
+    stoa_acceptor_free(acc);
+    stoa_ws_free(ws);
+    stoa_http_free(http);
+    stoa_hub_free(hub);
+    stoa_auth_free(auth);
+    if (rc == 0)
+        STOA_INFO("stopped");
+    return rc;
+}

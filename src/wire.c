@@ -1,0 +1,132 @@
+/* wire.c - server-to-client message encoders. */
+#include "stoa/wire.h"
+
+static json_object *start(const char *type)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "type", json_object_new_string(type));
+    return o;
+}
+
+static void add_ref(json_object *o, const char *key, json_object *v)
+{
+    json_object_object_add(o, key, v ? json_object_get(v) : NULL);
+}
+
+static void add_str(json_object *o, const char *key, const char *v)
+{
+    json_object_object_add(o, key, json_object_new_string(v));
+}
+
+static void add_id(json_object *o, json_object *id)
+{
+    if (id)
+        add_ref(o, "id", id);
+}
+
+stoa_msg_t *stoa_wire_encode(json_object *obj)
+{
+    size_t len = 0;
+    const char *text = json_object_to_json_string_length(obj, JSON_C_TO_STRING_PLAIN, &len);
+    return stoa_msg_new(text, len);
+}
+
+static stoa_msg_t *finish(json_object *o)
+{
+    stoa_msg_t *m = stoa_wire_encode(o);
+    json_object_put(o);
+    return m;
+}
+
+stoa_msg_t *stoa_wire_welcome(const char *peer, json_object *user, int heartbeat_interval_s,
+                              int heartbeat_timeout_s, json_object *limits)
+{
+    json_object *o = start("welcome");
+    add_str(o, "peer", peer);
+    add_ref(o, "user", user);
+    json_object_object_add(o, "heartbeat_interval", json_object_new_int(heartbeat_interval_s));
+    json_object_object_add(o, "heartbeat_timeout", json_object_new_int(heartbeat_timeout_s));
+    if (limits)
+        add_ref(o, "limits", limits);
+    return finish(o);
+}
+
+stoa_msg_t *stoa_wire_room_state(const char *room, json_object *peers, json_object *id)
+{
+    json_object *o = start("room_state");
+    add_str(o, "room", room);
+    add_ref(o, "peers", peers);
+    add_id(o, id);
+    return finish(o);
+}
+
+stoa_msg_t *stoa_wire_peer_joined(const char *room, const char *peer, json_object *user, json_object *state)
+{
+    json_object *o = start("peer_joined");
+    add_str(o, "room", room);
+    add_str(o, "peer", peer);
+    add_ref(o, "user", user);
+    add_ref(o, "state", state);
+    return finish(o);
+}
+
+stoa_msg_t *stoa_wire_presence(const char *room, const char *peer, json_object *state)
+{
+    json_object *o = start("presence");
+    add_str(o, "room", room);
+    add_str(o, "peer", peer);
+    add_ref(o, "state", state);
+    return finish(o);
+}
+
+stoa_msg_t *stoa_wire_peer_left(const char *room, const char *peer, const char *reason)
+{
+    json_object *o = start("peer_left");
+    add_str(o, "room", room);
+    add_str(o, "peer", peer);
+    add_str(o, "reason", reason);
+    return finish(o);
+}
+
+stoa_msg_t *stoa_wire_ephemeral(const char *room, const char *from, json_object *user, json_object *data)
+{
+    json_object *o = start("ephemeral");
+    add_str(o, "room", room);
+    add_str(o, "from", from);
+    add_ref(o, "user", user);
+    add_ref(o, "data", data);
+    return finish(o);
+}
+
+stoa_msg_t *stoa_wire_notice(const char *level, const char *message)
+{
+    json_object *o = start("notice");
+    add_str(o, "level", level);
+    add_str(o, "message", message);
+    return finish(o);
+}
+
+stoa_msg_t *stoa_wire_error(stoa_err_t code, const char *message, json_object *id, const char *room)
+{
+    json_object *o = start("error");
+    add_str(o, "code", stoa_err_name(code));
+    add_str(o, "message", message);
+    add_id(o, id);
+    if (room)
+        add_str(o, "room", room);
+    return finish(o);
+}
+
+stoa_msg_t *stoa_wire_ack(json_object *id)
+{
+    json_object *o = start("ack");
+    add_id(o, id);
+    return finish(o);
+}
+
+stoa_msg_t *stoa_wire_pong(json_object *id)
+{
+    json_object *o = start("pong");
+    add_id(o, id);
+    return finish(o);
+}
