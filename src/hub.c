@@ -251,10 +251,12 @@ void stoa_hub_free(stoa_hub_t *hub)
     stoa_session_t *s, *tmp;
     if (!hub)
         return;
-    HASH_ITER(hh, hub->sessions, s, tmp) {
+    /* Detach every transport first: closing one session tells the others,
+     * which must not wake transports that are gone. */
+    HASH_ITER(hh, hub->sessions, s, tmp)
         s->ops = NULL;
+    HASH_ITER(hh, hub->sessions, s, tmp)
         stoa_hub_close(s, STOA_LEFT_DISCONNECT);
-    }
     json_object_put(hub->limits);
     pthread_mutex_destroy(&hub->lock);
     free(hub);
@@ -433,6 +435,8 @@ stoa_err_t stoa_hub_join(stoa_session_t *s, const char *room_name, json_object *
         state = NULL;
     }
     hub_lock(hub);
+    if (!s->open)   /* a closed session must not become a member again */
+        FAIL(STOA_ERR_PERMISSION_DENIED, "the session is closed");
     if (!(stoa_perms_rights(s->ident->perms, room_name) & STOA_RIGHT_READ))
         FAIL(STOA_ERR_PERMISSION_DENIED, "no read permission on %s", room_name);
     if (find_membership(s, room_name))

@@ -58,29 +58,44 @@ void stoa_proto_error(stoa_session_t *sess, stoa_err_t code, const char *message
     stoa_hub_send(sess, stoa_wire_error(code, message, id, room));
 }
 
-static json_object *parse(const char *text, size_t len, char *why, size_t whylen)
+/* Parse one JSON text: 0 with the value in *out (NULL for JSON null), or
+ * -1 with the reason in why. */
+static int parse(const char *text, size_t len, json_object **out, char *why, size_t whylen)
 {
     struct json_tokener *tok = json_tokener_new_ex(STOA_PROTO_MAX_DEPTH);
     json_object *obj;
+    enum json_tokener_error e;
+    bool at_end = false;
+    *out = NULL;
     if (!tok)
-        return NULL;
+        return -1;
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT);   /* no comments, single quotes or trailing commas */
     obj = json_tokener_parse_ex(tok, text, (int)len);
-    if (!obj) {
-        enum json_tokener_error e = json_tokener_get_error(tok);
-        snprintf(why, whylen, "invalid JSON: %s", e == json_tokener_continue ? "incomplete value"
-                                                                              : json_tokener_error_desc(e));
-    } else if (json_tokener_get_parse_end(tok) < len) {
+    if (!obj && json_tokener_get_error(tok) == json_tokener_continue) {
+        /* All input read: end it, so that a number or literal at the end completes. */
+        obj = json_tokener_parse_ex(tok, "", 1);
+        at_end = true;
+    }
+    e = json_tokener_get_error(tok);
+    if (e != json_tokener_success) {
+        snprintf(why, whylen, "invalid JSON: %s", json_tokener_error_desc(e));
+        json_object_put(obj);
+        json_tokener_free(tok);
+        return -1;
+    } else if (!at_end && json_tokener_get_parse_end(tok) < len) {
         size_t end = json_tokener_get_parse_end(tok);
-        while (end < len && strchr(" \t\r\n", text[end]))
+        while (end < len && text[end] && strchr(" \t\r\n", text[end]))
             end++;
         if (end < len) {
             snprintf(why, whylen, "unexpected data after the JSON value");
             json_object_put(obj);
-            obj = NULL;
+            json_tokener_free(tok);
+            return -1;
         }
     }
     json_tokener_free(tok);
-    return obj;
+    *out = obj;
+    return 0;
 }
 
 static bool valid_id(json_object *id)
@@ -104,7 +119,7 @@ stoa_err_t stoa_proto_handle(stoa_session_t *sess, const char *text, size_t len)
     char why[256] = "";
     stoa_err_t err = STOA_OK;
 
-    if (len == 0 || !(msg = parse(text, len, why, sizeof why))) {
+    if (len == 0 || parse(text, len, &msg, why, sizeof why) < 0) {
         stoa_proto_error(sess, STOA_ERR_BAD_JSON, len ? why : "empty message", NULL, NULL);
         return STOA_ERR_BAD_JSON;
     }

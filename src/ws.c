@@ -29,6 +29,8 @@ typedef struct conn {
     bool rx_too_big, rx_binary;
     stoa_msg_t *last_words;   /* sent before closing when there is no session */
     int close_code;
+    bool going_away;          /* shutting down: send a notice, then close 1001 */
+    struct conn *prev, *next; /* ws->conns, for shutdown */
 } conn_t;
 
 struct stoa_ws {
@@ -41,6 +43,7 @@ struct stoa_ws {
     pthread_t thread;
     atomic_bool stop;
     atomic_int nconn;
+    conn_t *conns;            /* established connections (service thread only) */
     pthread_mutex_t mu;       /* guards the two queues */
     int *adopt_q;
     size_t nadopt, capadopt;
@@ -165,6 +168,10 @@ static void on_established(stoa_ws_t *ws, conn_t *c, struct lws *wsi)
     memset(c, 0, sizeof *c);
     c->ws = ws;
     c->wsi = wsi;
+    c->next = ws->conns;
+    if (ws->conns)
+        ws->conns->prev = c;
+    ws->conns = c;
     if (atomic_fetch_add(&ws->nconn, 1) >= ws->cfg->max_connections) {
         close_with(c, STOA_ERR_SERVER_FULL, "too many connections; try again later", STOA_WS_CLOSE_TRY_LATER);
         goto out;
@@ -249,8 +256,13 @@ static int on_writable(conn_t *c, struct lws *wsi)
         return -1;
     }
     msg = stoa_session_pop(c->sess);
-    if (!msg)
+    if (!msg) {
+        if (c->going_away) {
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, NULL, 0);
+            return -1;
+        }
         return 0;
+    }
     if (write_msg(wsi, msg) < 0)
         return -1;
     lws_callback_on_writable(wsi);   /* maybe more: the next call finds out */
@@ -261,6 +273,12 @@ static void on_closed(stoa_ws_t *ws, conn_t *c)
 {
     if (!c->ws)
         return;   /* never established */
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        ws->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
     if (c->sess) {
         stoa_hub_close(c->sess, STOA_LEFT_DISCONNECT);
         stoa_session_unref(c->sess);
@@ -316,12 +334,35 @@ static void lws_logger(int level, const char *line)
     stoa_log(level == LLL_ERR ? STOA_LOG_ERROR : STOA_LOG_DEBUG, "lws: %.*s", (int)len, line);
 }
 
+/* Service thread, on stop: tell every peer, close with 1001, and keep
+ * serving until they are gone or shutdown_timeout_ms passes. */
+static void say_goodbye(stoa_ws_t *ws)
+{
+    int64_t deadline = stoa_now_ms() + ws->cfg->shutdown_timeout_ms;
+    for (conn_t *c = ws->conns; c; c = c->next) {
+        if (c->sess) {
+            /* The notice goes out in turn, after what was queued before it. */
+            stoa_hub_send(c->sess, stoa_wire_notice("warn", "the server is shutting down"));
+            c->going_away = true;
+        }
+        lws_callback_on_writable(c->wsi);
+    }
+    /* A negative timeout makes lws_service poll without waiting, so the
+     * deadline holds even when no event comes. */
+    while (ws->conns && stoa_now_ms() < deadline) {
+        if (lws_service(ws->ctx, -1) < 0)
+            break;
+        usleep(2000);
+    }
+}
+
 static void *service_main(void *arg)
 {
     stoa_ws_t *ws = arg;
     while (!atomic_load(&ws->stop))
         if (lws_service(ws->ctx, 0) < 0)
             break;
+    say_goodbye(ws);
     return NULL;
 }
 

@@ -1,0 +1,1173 @@
+/* check_hub.c - unit tests of hub.c, driven through its public API with a
+ * fake transport whose wake function counts calls. */
+#include "stoa/auth.h"
+#include "stoa/config.h"
+#include "stoa/hub.h"
+#include "stoa/names.h"
+#include "stoa/perm.h"
+#include "stoa/util.h"
+#include "stoa/wire.h"
+
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_PEERS 8
+#define FAR_FUTURE_MS (24LL * 3600 * 1000)
+
+/* ---- fake transport ---- */
+
+typedef struct peer {
+    stoa_session_t *s;
+    const char *name;
+    int wakes;
+    stoa_session_t *woken;
+} peer_t;
+
+static void fake_wake(void *transport, stoa_session_t *sess)
+{
+    peer_t *p = transport;
+    p->wakes++;
+    p->woken = sess;
+}
+
+static const stoa_transport_ops_t fake_ops = {.name = "fake", .wake = fake_wake};
+static const stoa_transport_ops_t other_ops = {.name = "other", .wake = fake_wake};
+
+/* ---- fixture ---- */
+
+static stoa_config_t *cfg;
+static stoa_hub_t *hub;
+static peer_t peers[MAX_PEERS];
+static int npeers;
+static char why[256];
+
+static void setup(void)
+{
+    cfg = stoa_config_new();
+    hub = stoa_hub_new(cfg);
+    memset(peers, 0, sizeof peers);
+    npeers = 0;
+    why[0] = '\0';
+}
+
+static void teardown(void)
+{
+    for (int i = 0; i < npeers; i++) {
+        if (peers[i].s) {
+            stoa_hub_close(peers[i].s, STOA_LEFT_DISCONNECT);
+            stoa_session_unref(peers[i].s);
+        }
+    }
+    stoa_hub_free(hub);
+    stoa_config_free(cfg);
+}
+
+static void set(const char *name, const char *value)
+{
+    char err[256];
+    ck_assert_msg(stoa_config_set(cfg, name, value, err, sizeof err) == 0, "%s=%s: %s", name, value, err);
+}
+
+static stoa_identity_t *make_ident(const char *sub, const char *rights)
+{
+    char err[256];
+    stoa_identity_t *id = stoa_xcalloc(1, sizeof *id);
+    id->sub = stoa_xstrdup(sub);
+    id->name = stoa_xstrdup(sub);
+    id->color = stoa_xstrdup("#e6194b");
+    id->anonymous = false;
+    id->perms = stoa_perms_parse(rights, 128, err, sizeof err);
+    ck_assert_msg(id->perms != NULL, "rights %s: %s", rights, err);
+    return id;
+}
+
+/* ---- reading the queue ---- */
+
+static json_object *parse_msg(stoa_msg_t *m)
+{
+    json_object *o = json_tokener_parse(stoa_msg_text(m));
+    ck_assert_msg(o != NULL, "message is not JSON: %s", stoa_msg_text(m));
+    ck_assert_uint_eq(strlen(stoa_msg_text(m)), stoa_msg_len(m));
+    return o;
+}
+
+static const char *str_field(json_object *o, const char *key)
+{
+    json_object *v;
+    ck_assert_msg(json_object_object_get_ex(o, key, &v), "no \"%s\" in %s", key,
+                  json_object_to_json_string(o));
+    ck_assert_msg(json_object_is_type(v, json_type_string), "\"%s\" is not a string in %s", key,
+                  json_object_to_json_string(o));
+    return json_object_get_string(v);
+}
+
+static int64_t int_field(json_object *o, const char *key)
+{
+    json_object *v;
+    ck_assert_msg(json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_int),
+                  "no integer \"%s\" in %s", key, json_object_to_json_string(o));
+    return json_object_get_int64(v);
+}
+
+static json_object *obj_field(json_object *o, const char *key, json_type type)
+{
+    json_object *v;
+    ck_assert_msg(json_object_object_get_ex(o, key, &v) && json_object_is_type(v, type),
+                  "no \"%s\" of type %s in %s", key, json_type_to_name(type), json_object_to_json_string(o));
+    return v;
+}
+
+static bool has_field(json_object *o, const char *key)
+{
+    return json_object_object_get_ex(o, key, NULL);
+}
+
+/* Pop the next message, which must be of `type`; returns it parsed (the
+ * caller puts it). */
+static json_object *expect_msg(peer_t *p, const char *type)
+{
+    stoa_msg_t *m = stoa_session_pop(p->s);
+    json_object *o;
+    ck_assert_msg(m != NULL, "%s: queue empty, expected %s", p->name, type);
+    o = parse_msg(m);
+    stoa_msg_unref(m);
+    ck_assert_msg(strcmp(str_field(o, "type"), type) == 0, "%s: expected %s, got %s", p->name, type,
+                  json_object_to_json_string(o));
+    return o;
+}
+
+static void expect_empty(peer_t *p)
+{
+    stoa_msg_t *m = stoa_session_pop(p->s);
+    ck_assert_msg(m == NULL, "%s: expected an empty queue, got %s", p->name, m ? stoa_msg_text(m) : "");
+}
+
+static void drain(peer_t *p)
+{
+    stoa_msg_t *m;
+    while ((m = stoa_session_pop(p->s)))
+        stoa_msg_unref(m);
+}
+
+static void drain_all(void)
+{
+    for (int i = 0; i < npeers; i++)
+        if (peers[i].s)
+            drain(&peers[i]);
+}
+
+static const char *peer_id(peer_t *p)
+{
+    return stoa_session_peer(p->s);
+}
+
+static peer_t *open_ident(const char *name, stoa_identity_t *ident)
+{
+    peer_t *p;
+    json_object *w;
+    ck_assert_int_lt(npeers, MAX_PEERS);
+    p = &peers[npeers++];
+    p->name = name;
+    p->s = stoa_hub_open(hub, ident, &fake_ops, p, p);
+    ck_assert_ptr_nonnull(p->s);
+    w = expect_msg(p, "welcome");
+    json_object_put(w);
+    return p;
+}
+
+static peer_t *open_peer(const char *name, const char *rights)
+{
+    return open_ident(name, make_ident(name, rights));
+}
+
+static void join_ok(peer_t *p, const char *room, const char *state_json)
+{
+    json_object *state = state_json ? json_tokener_parse(state_json) : NULL;
+    stoa_err_t err = stoa_hub_join(p->s, room, state, NULL, why, sizeof why);
+    ck_assert_msg(err == STOA_OK, "%s join %s: %s (%s)", p->name, room, stoa_err_name(err), why);
+    json_object_put(state);
+}
+
+static void expect_peer_left(json_object *o, const char *room, const char *peer, const char *reason)
+{
+    ck_assert_str_eq(str_field(o, "type"), "peer_left");
+    ck_assert_str_eq(str_field(o, "room"), room);
+    ck_assert_str_eq(str_field(o, "peer"), peer);
+    ck_assert_str_eq(str_field(o, "reason"), reason);
+}
+
+/* ---- tests ---- */
+
+START_TEST(test_welcome)
+{
+    peer_t *p = &peers[npeers++];
+    stoa_msg_t *m;
+    json_object *o, *user, *limits;
+    const char *id;
+    p->name = "ada";
+    p->s = stoa_hub_open(hub, make_ident("ada", "{\"*\":\"r\"}"), &fake_ops, p, p);
+    ck_assert_int_ge(p->wakes, 1);
+    ck_assert_ptr_eq(p->woken, p->s);
+    m = stoa_session_pop(p->s);
+    ck_assert_ptr_nonnull(m);
+    o = parse_msg(m);
+    stoa_msg_unref(m);
+    ck_assert_str_eq(str_field(o, "type"), "welcome");
+    id = stoa_session_peer(p->s);
+    ck_assert_str_eq(str_field(o, "peer"), id);
+    ck_assert_uint_eq(strlen(id), 12);
+    ck_assert_uint_eq(strspn(id, "abcdefghijklmnopqrstuvwxyz0123456789"), 12);
+    user = obj_field(o, "user", json_type_object);
+    ck_assert_str_eq(str_field(user, "id"), "ada");
+    ck_assert_str_eq(str_field(user, "name"), "ada");
+    ck_assert_str_eq(str_field(user, "color"), "#e6194b");
+    ck_assert(!json_object_get_boolean(obj_field(user, "anonymous", json_type_boolean)));
+    ck_assert_int_eq(int_field(o, "heartbeat_interval"), 30);
+    ck_assert_int_eq(int_field(o, "heartbeat_timeout"), 75);
+    limits = obj_field(o, "limits", json_type_object);
+    ck_assert_int_eq(int_field(limits, "max_state_bytes"), 2048);
+    ck_assert_int_eq(int_field(limits, "max_message_bytes"), 65536);
+    ck_assert_int_eq(int_field(limits, "max_rooms_per_conn"), 32);
+    json_object_put(o);
+    expect_empty(p);
+
+    ck_assert_ptr_eq(stoa_session_conn(p->s, &fake_ops), p);
+    ck_assert_ptr_null(stoa_session_conn(p->s, &other_ops));
+    ck_assert_ptr_eq(stoa_session_hub(p->s), hub);
+    ck_assert_int_eq(stoa_session_close_reason(p->s), STOA_OK);
+}
+END_TEST
+
+START_TEST(test_peer_ids_unique)
+{
+    peer_t *a = open_peer("a", "{}"), *b = open_peer("b", "{}"), *c = open_peer("c", "{}");
+    ck_assert_str_ne(peer_id(a), peer_id(b));
+    ck_assert_str_ne(peer_id(a), peer_id(c));
+    ck_assert_str_ne(peer_id(b), peer_id(c));
+}
+END_TEST
+
+START_TEST(test_three_sessions)
+{
+    peer_t *a = open_peer("ada", "{\"doc:*\":\"rw\"}");
+    peer_t *b = open_peer("bob", "{\"doc:1\":\"r\"}");
+    peer_t *c = open_peer("cy", "{\"*\":\"r\"}");
+    json_object *st = json_tokener_parse("{\"cursor\":{\"line\":3,\"ch\":14}}");
+    json_object *id1 = json_object_new_int(1), *o, *arr, *e, *user;
+    size_t sessions, rooms;
+    int a_wakes;
+
+    /* A joins an empty room: room_state lists only A, with the request id. */
+    ck_assert_int_eq(stoa_hub_join(a->s, "doc:1", st, id1, why, sizeof why), STOA_OK);
+    o = expect_msg(a, "room_state");
+    ck_assert_str_eq(str_field(o, "room"), "doc:1");
+    ck_assert_int_eq(int_field(o, "id"), 1);
+    arr = obj_field(o, "peers", json_type_array);
+    ck_assert_uint_eq(json_object_array_length(arr), 1);
+    e = json_object_array_get_idx(arr, 0);
+    ck_assert_str_eq(str_field(e, "peer"), peer_id(a));
+    ck_assert_str_eq(str_field(obj_field(e, "user", json_type_object), "id"), "ada");
+    ck_assert(json_object_equal(obj_field(e, "state", json_type_object), st));
+    json_object_put(o);
+    expect_empty(a);
+
+    /* B joins: B gets room_state [A, B] (join order, no id), A gets peer_joined. */
+    a_wakes = a->wakes;
+    join_ok(b, "doc:1", NULL);
+    o = expect_msg(b, "room_state");
+    ck_assert(!has_field(o, "id"));
+    arr = obj_field(o, "peers", json_type_array);
+    ck_assert_uint_eq(json_object_array_length(arr), 2);
+    ck_assert_str_eq(str_field(json_object_array_get_idx(arr, 0), "peer"), peer_id(a));
+    ck_assert_str_eq(str_field(json_object_array_get_idx(arr, 1), "peer"), peer_id(b));
+    ck_assert(json_object_equal(obj_field(json_object_array_get_idx(arr, 0), "state", json_type_object), st));
+    ck_assert_int_eq(json_object_object_length(obj_field(json_object_array_get_idx(arr, 1), "state",
+                                                         json_type_object)), 0);
+    json_object_put(o);
+    o = expect_msg(a, "peer_joined");
+    ck_assert_str_eq(str_field(o, "room"), "doc:1");
+    ck_assert_str_eq(str_field(o, "peer"), peer_id(b));
+    user = obj_field(o, "user", json_type_object);
+    ck_assert_str_eq(str_field(user, "id"), "bob");
+    ck_assert_str_eq(str_field(user, "name"), "bob");
+    ck_assert_str_eq(str_field(user, "color"), "#e6194b");
+    ck_assert_int_eq(json_object_object_length(obj_field(o, "state", json_type_object)), 0);
+    json_object_put(o);
+    ck_assert_int_gt(a->wakes, a_wakes);
+    expect_empty(a);
+    expect_empty(b);
+
+    /* C joins with a state: A and B both hear of it, with the state. */
+    join_ok(c, "doc:1", "{\"name\":\"Cy\"}");
+    o = expect_msg(c, "room_state");
+    ck_assert_uint_eq(json_object_array_length(obj_field(o, "peers", json_type_array)), 3);
+    json_object_put(o);
+    for (int i = 0; i < 2; i++) {
+        o = expect_msg(i ? b : a, "peer_joined");
+        ck_assert_str_eq(str_field(o, "peer"), peer_id(c));
+        ck_assert_str_eq(str_field(obj_field(o, "state", json_type_object), "name"), "Cy");
+        json_object_put(o);
+    }
+
+    stoa_hub_stats(hub, &sessions, &rooms);
+    ck_assert_uint_eq(sessions, 3);
+    ck_assert_uint_eq(rooms, 1);
+
+    json_object_put(st);
+    json_object_put(id1);
+}
+END_TEST
+
+START_TEST(test_presence_relay)
+{
+    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}"),
+           *c = open_peer("cy", "{\"*\":\"r\"}");
+    json_object *patch, *id = json_object_new_string("p1"), *o, *want;
+    join_ok(a, "doc:1", "{\"cursor\":{\"line\":3,\"ch\":14},\"sel\":[1,2]}");
+    join_ok(b, "doc:1", NULL);
+    join_ok(c, "doc:1", NULL);
+    drain_all();
+
+    patch = json_tokener_parse("{\"cursor\":{\"line\":4},\"sel\":null}");
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, id, why, sizeof why), STOA_OK);
+    /* The sender gets an ack with its id, not its own presence. */
+    o = expect_msg(a, "ack");
+    ck_assert_str_eq(str_field(o, "id"), "p1");
+    json_object_put(o);
+    expect_empty(a);
+    /* The others get the whole merged state, not the patch. */
+    want = json_tokener_parse("{\"cursor\":{\"line\":4,\"ch\":14}}");
+    for (int i = 0; i < 2; i++) {
+        peer_t *p = i ? c : b;
+        o = expect_msg(p, "presence");
+        ck_assert_str_eq(str_field(o, "room"), "doc:1");
+        ck_assert_str_eq(str_field(o, "peer"), peer_id(a));
+        ck_assert(json_object_equal(obj_field(o, "state", json_type_object), want));
+        ck_assert(!has_field(o, "id"));
+        json_object_put(o);
+        expect_empty(p);
+    }
+
+    /* Without an id there is no ack. */
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
+    expect_empty(a);
+    drain_all();
+
+    /* A non-object patch is refused. */
+    json_object_put(patch);
+    patch = json_object_new_string("x");
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_ERR_BAD_MESSAGE);
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", NULL, NULL, why, sizeof why), STOA_ERR_BAD_MESSAGE);
+    expect_empty(b);
+
+    json_object_put(patch);
+    json_object_put(want);
+    json_object_put(id);
+}
+END_TEST
+
+START_TEST(test_ephemeral_relay)
+{
+    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}"),
+           *c = open_peer("cy", "{\"*\":\"r\"}");
+    json_object *data = json_tokener_parse("{\"kind\":\"reaction\",\"emoji\":\"x\"}");
+    json_object *id = json_object_new_int(3), *o;
+    join_ok(a, "doc:1", NULL);
+    join_ok(b, "doc:1", NULL);
+    join_ok(c, "doc:1", NULL);
+    drain_all();
+
+    ck_assert_int_eq(stoa_hub_ephemeral(b->s, "doc:1", data, id, why, sizeof why), STOA_OK);
+    o = expect_msg(b, "ack");
+    ck_assert_int_eq(int_field(o, "id"), 3);
+    json_object_put(o);
+    expect_empty(b);   /* no echo of its own ephemeral */
+    for (int i = 0; i < 2; i++) {
+        peer_t *p = i ? c : a;
+        o = expect_msg(p, "ephemeral");
+        ck_assert_str_eq(str_field(o, "room"), "doc:1");
+        ck_assert_str_eq(str_field(o, "from"), peer_id(b));
+        ck_assert_str_eq(str_field(obj_field(o, "user", json_type_object), "id"), "bob");
+        ck_assert(json_object_equal(obj_field(o, "data", json_type_object), data));
+        ck_assert(!has_field(o, "id"));
+        json_object_put(o);
+        expect_empty(p);
+    }
+
+    /* Any JSON value is relayed as data. */
+    json_object_put(data);
+    data = json_object_new_int(42);
+    ck_assert_int_eq(stoa_hub_ephemeral(b->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
+    expect_empty(b);
+    o = expect_msg(a, "ephemeral");
+    ck_assert_int_eq(int_field(o, "data"), 42);
+    json_object_put(o);
+
+    json_object_put(data);
+    json_object_put(id);
+}
+END_TEST
+
+START_TEST(test_shared_by_reference)
+{
+    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}"),
+           *c = open_peer("cy", "{\"*\":\"r\"}");
+    json_object *data = json_object_new_string("hi"), *patch = json_tokener_parse("{\"x\":1}");
+    stoa_msg_t *mb, *mc, *ma;
+    join_ok(a, "doc:1", NULL);
+    join_ok(b, "doc:1", NULL);
+    join_ok(c, "doc:1", NULL);
+    drain_all();
+
+    ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
+    mb = stoa_session_pop(b->s);
+    mc = stoa_session_pop(c->s);
+    ck_assert_ptr_nonnull(mb);
+    ck_assert_ptr_eq(mb, mc);                   /* one encoding, shared */
+    ck_assert_uint_eq(stoa_msg_refcount(mb), 2);   /* one reference per recipient */
+    stoa_msg_unref(mb);
+    stoa_msg_unref(mc);
+
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
+    mb = stoa_session_pop(b->s);
+    mc = stoa_session_pop(c->s);
+    ck_assert_ptr_nonnull(mb);
+    ck_assert_ptr_eq(mb, mc);
+    stoa_msg_unref(mb);
+    stoa_msg_unref(mc);
+
+    /* peer_left on leave reaches the two others as one message. */
+    ck_assert_int_eq(stoa_hub_leave(c->s, "doc:1", NULL, why, sizeof why), STOA_OK);
+    ma = stoa_session_pop(a->s);
+    mb = stoa_session_pop(b->s);
+    ck_assert_ptr_nonnull(ma);
+    ck_assert_ptr_eq(ma, mb);
+    stoa_msg_unref(ma);
+    stoa_msg_unref(mb);
+    expect_empty(c);
+
+    json_object_put(data);
+    json_object_put(patch);
+}
+END_TEST
+
+START_TEST(test_leave_and_close)
+{
+    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}"),
+           *c = open_peer("cy", "{\"*\":\"r\"}");
+    json_object *id = json_object_new_string("bye"), *o;
+    size_t sessions, rooms;
+    join_ok(a, "doc:1", NULL);
+    join_ok(b, "doc:1", NULL);
+    join_ok(c, "doc:1", NULL);
+    drain_all();
+
+    ck_assert_int_eq(stoa_hub_leave(c->s, "doc:1", id, why, sizeof why), STOA_OK);
+    o = expect_msg(c, "ack");
+    ck_assert_str_eq(str_field(o, "id"), "bye");
+    json_object_put(o);
+    expect_empty(c);
+    for (int i = 0; i < 2; i++) {
+        o = expect_msg(i ? b : a, "peer_left");
+        expect_peer_left(o, "doc:1", peer_id(c), "leave");
+        json_object_put(o);
+    }
+    /* Leaving again: not in the room any more. */
+    ck_assert_int_eq(stoa_hub_leave(c->s, "doc:1", NULL, why, sizeof why), STOA_ERR_NOT_IN_ROOM);
+
+    /* B's connection goes: A hears "disconnect". */
+    stoa_hub_close(b->s, STOA_LEFT_DISCONNECT);
+    o = expect_msg(a, "peer_left");
+    expect_peer_left(o, "doc:1", peer_id(b), "disconnect");
+    json_object_put(o);
+    expect_empty(a);
+    /* B's own reference stays valid: empty queue, detached, idempotent close. */
+    ck_assert_ptr_null(stoa_session_pop(b->s));
+    ck_assert_ptr_null(stoa_session_conn(b->s, &fake_ops));
+    stoa_hub_close(b->s, STOA_LEFT_DISCONNECT);
+    expect_empty(a);
+    stoa_hub_stats(hub, &sessions, &rooms);
+    ck_assert_uint_eq(sessions, 2);
+    ck_assert_uint_eq(rooms, 1);
+
+    /* Messages to a closed session are not queued. */
+    stoa_hub_send(b->s, stoa_wire_notice("info", "too late"));
+    ck_assert_ptr_null(stoa_session_pop(b->s));
+
+    /* The last one out: the room goes away. */
+    stoa_hub_close(a->s, STOA_LEFT_DISCONNECT);
+    stoa_hub_stats(hub, &sessions, &rooms);
+    ck_assert_uint_eq(sessions, 1);
+    ck_assert_uint_eq(rooms, 0);
+    json_object_put(id);
+}
+END_TEST
+
+START_TEST(test_close_drops_queue)
+{
+    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}");
+    join_ok(a, "doc:1", NULL);
+    join_ok(b, "doc:1", NULL);
+    /* A has an undelivered peer_joined when it closes: it is dropped. */
+    stoa_hub_close(a->s, STOA_LEFT_DISCONNECT);
+    ck_assert_ptr_null(stoa_session_pop(a->s));
+    drain(b);
+}
+END_TEST
+
+START_TEST(test_close_with_undrained_recipients)
+{
+    /* Messages shared between queues survive one recipient closing. */
+    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}"),
+           *c = open_peer("cy", "{\"*\":\"r\"}");
+    json_object *data = json_object_new_string("payload"), *o;
+    join_ok(a, "doc:1", NULL);
+    join_ok(b, "doc:1", NULL);
+    join_ok(c, "doc:1", NULL);
+    drain_all();
+    ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
+    stoa_hub_close(b->s, STOA_LEFT_DISCONNECT);
+    o = expect_msg(c, "ephemeral");
+    ck_assert_str_eq(str_field(o, "data"), "payload");
+    json_object_put(o);
+    o = expect_msg(c, "peer_left");
+    expect_peer_left(o, "doc:1", peer_id(b), "disconnect");
+    json_object_put(o);
+    json_object_put(data);
+}
+END_TEST
+
+START_TEST(test_permission_denied)
+{
+    peer_t *a = open_peer("ada", "{\"doc:1\":\"r\",\"doc:secret\":\"\"}");
+    peer_t *b = open_peer("bob", "{\"*\":\"r\"}");
+    json_object *id = json_object_new_int(7);
+    why[0] = '\0';
+    ck_assert_int_eq(stoa_hub_join(a->s, "doc:2", NULL, id, why, sizeof why), STOA_ERR_PERMISSION_DENIED);
+    ck_assert_ptr_nonnull(strstr(why, "doc:2"));
+    ck_assert_int_eq(stoa_hub_join(a->s, "doc:secret", NULL, id, why, sizeof why), STOA_ERR_PERMISSION_DENIED);
+    expect_empty(a);   /* the hub queues nothing; the caller reports */
+    /* The sidecar of a readable room is open to it. */
+    join_ok(a, "eph:doc:1", NULL);
+    join_ok(a, "doc:1", NULL);
+    /* A refused join leaves no trace in the room. */
+    join_ok(b, "doc:2", NULL);
+    {
+        char *text = stoa_hub_room_json(hub, "doc:2");
+        json_object *o = json_tokener_parse(text);
+        ck_assert_uint_eq(json_object_array_length(obj_field(o, "peers", json_type_array)), 1);
+        json_object_put(o);
+        free(text);
+    }
+    json_object_put(id);
+}
+END_TEST
+
+START_TEST(test_bad_room)
+{
+    peer_t *a = open_peer("ada", "{\"*\":\"rw\"}");
+    json_object *empty = json_object_new_object();
+    ck_assert_int_eq(stoa_hub_join(a->s, "nocolon", NULL, NULL, why, sizeof why), STOA_ERR_BAD_ROOM);
+    ck_assert_str_ne(why, "");
+    ck_assert_int_eq(stoa_hub_join(a->s, "eph:eph:doc:1", NULL, NULL, why, sizeof why), STOA_ERR_BAD_ROOM);
+    ck_assert_int_eq(stoa_hub_presence(a->s, "Bad Room", empty, NULL, why, sizeof why), STOA_ERR_BAD_ROOM);
+    ck_assert_int_eq(stoa_hub_heartbeat(a->s, "x", NULL, why, sizeof why), STOA_ERR_BAD_ROOM);
+    ck_assert_int_eq(stoa_hub_leave(a->s, "doc:", NULL, why, sizeof why), STOA_ERR_BAD_ROOM);
+    set("max_room_name_bytes", "8");
+    ck_assert_int_eq(stoa_hub_join(a->s, "doc:123456", NULL, NULL, why, sizeof why), STOA_ERR_BAD_ROOM);
+    expect_empty(a);
+    json_object_put(empty);
+}
+END_TEST
+
+START_TEST(test_already_joined)
+{
+    peer_t *a = open_peer("ada", "{\"*\":\"r\"}");
+    join_ok(a, "doc:1", NULL);
+    drain(a);
+    ck_assert_int_eq(stoa_hub_join(a->s, "doc:1", NULL, NULL, why, sizeof why), STOA_ERR_ALREADY_JOINED);
+    expect_empty(a);
+}
+END_TEST
+
+START_TEST(test_bad_initial_state)
+{
+    peer_t *a = open_peer("ada", "{\"*\":\"r\"}");
+    json_object *arr = json_object_new_array(), *null_state = NULL, *o;
+    ck_assert_int_eq(stoa_hub_join(a->s, "doc:1", arr, NULL, why, sizeof why), STOA_ERR_BAD_MESSAGE);
+    expect_empty(a);
+    /* null is no state: {} */
+    ck_assert_int_eq(stoa_hub_join(a->s, "doc:1", null_state, NULL, why, sizeof why), STOA_OK);
+    o = expect_msg(a, "room_state");
+    ck_assert_int_eq(json_object_object_length(obj_field(json_object_array_get_idx(obj_field(o, "peers",
+                                                                                         json_type_array), 0),
+                                                         "state", json_type_object)), 0);
+    json_object_put(o);
+    json_object_put(arr);
+}
+END_TEST
+
+START_TEST(test_too_many_rooms)
+{
+    peer_t *a;
+    set("max_rooms_per_conn", "2");
+    a = open_peer("ada", "{\"*\":\"r\"}");
+    join_ok(a, "doc:1", NULL);
+    join_ok(a, "doc:2", NULL);
+    drain(a);
+    ck_assert_int_eq(stoa_hub_join(a->s, "doc:3", NULL, NULL, why, sizeof why), STOA_ERR_TOO_MANY_ROOMS);
+    expect_empty(a);
+    ck_assert_int_eq(stoa_hub_leave(a->s, "doc:1", NULL, why, sizeof why), STOA_OK);
+    join_ok(a, "doc:3", NULL);
+}
+END_TEST
+
+START_TEST(test_room_full)
+{
+    peer_t *a, *b, *c;
+    set("max_peers_per_room", "2");
+    a = open_peer("ada", "{\"*\":\"r\"}");
+    b = open_peer("bob", "{\"*\":\"r\"}");
+    c = open_peer("cy", "{\"*\":\"r\"}");
+    join_ok(a, "doc:1", NULL);
+    join_ok(b, "doc:1", NULL);
+    drain_all();
+    ck_assert_int_eq(stoa_hub_join(c->s, "doc:1", NULL, NULL, why, sizeof why), STOA_ERR_ROOM_FULL);
+    expect_empty(a);
+    expect_empty(b);
+    expect_empty(c);
+    join_ok(c, "doc:2", NULL);   /* other rooms are fine */
+    ck_assert_int_eq(stoa_hub_leave(b->s, "doc:1", NULL, why, sizeof why), STOA_OK);
+    join_ok(c, "doc:1", NULL);
+}
+END_TEST
+
+START_TEST(test_state_too_large)
+{
+    peer_t *a, *b;
+    char big[200];
+    json_object *o, *patch;
+    char *text;
+    set("max_state_bytes", "64");
+    a = open_peer("ada", "{\"*\":\"r\"}");
+    b = open_peer("bob", "{\"*\":\"r\"}");
+    snprintf(big, sizeof big, "{\"s\":\"%070d\"}", 0);
+    patch = json_tokener_parse(big);
+    ck_assert_int_eq(stoa_hub_join(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_ERR_STATE_TOO_LARGE);
+    ck_assert_str_ne(why, "");
+    ck_assert_int_eq(stoa_hub_heartbeat(a->s, "doc:1", NULL, why, sizeof why), STOA_ERR_NOT_IN_ROOM);
+
+    join_ok(a, "doc:1", "{\"n\":1}");
+    join_ok(b, "doc:1", NULL);
+    drain_all();
+    /* A patch that would make the state too large changes nothing. */
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_ERR_STATE_TOO_LARGE);
+    expect_empty(b);
+    expect_empty(a);
+    text = stoa_hub_room_json(hub, "doc:1");
+    o = json_tokener_parse(text);
+    {
+        json_object *p0 = json_object_array_get_idx(obj_field(o, "peers", json_type_array), 0);
+        json_object *want = json_tokener_parse("{\"n\":1}");
+        ck_assert(json_object_equal(obj_field(p0, "state", json_type_object), want));
+        json_object_put(want);
+    }
+    json_object_put(o);
+    free(text);
+    json_object_put(patch);
+
+    /* Up to the limit is fine: {"s":"..."} of exactly 64 bytes. */
+    snprintf(big, sizeof big, "{\"n\":null,\"s\":\"%056d\"}", 0);
+    patch = json_tokener_parse(big);
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
+    o = expect_msg(b, "presence");
+    ck_assert_uint_eq(strlen(json_object_to_json_string_ext(obj_field(o, "state", json_type_object),
+                                                            JSON_C_TO_STRING_PLAIN)), 64);
+    json_object_put(o);
+    json_object_put(patch);
+}
+END_TEST
+
+START_TEST(test_presence_rate_limited)
+{
+    peer_t *a, *b;
+    json_object *patch = json_tokener_parse("{\"x\":1}");
+    set("presence_burst", "3");
+    set("presence_rate", "0.1");
+    a = open_peer("ada", "{\"*\":\"r\"}");
+    b = open_peer("bob", "{\"*\":\"r\"}");
+    join_ok(a, "doc:1", NULL);
+    join_ok(b, "doc:1", NULL);
+    drain_all();
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
+    why[0] = '\0';
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_ERR_RATE_LIMITED);
+    ck_assert_str_ne(why, "");
+    for (int i = 0; i < 3; i++)
+        json_object_put(expect_msg(b, "presence"));
+    expect_empty(b);   /* the refused update was dropped */
+    /* B has its own bucket. */
+    ck_assert_int_eq(stoa_hub_presence(b->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
+    json_object_put(patch);
+}
+END_TEST
+
+START_TEST(test_ephemeral_rate_limited)
+{
+    peer_t *a, *b;
+    json_object *data = json_object_new_int(1);
+    set("ephemeral_burst", "2");
+    set("ephemeral_per_min", "1");
+    a = open_peer("ada", "{\"*\":\"r\"}");
+    b = open_peer("bob", "{\"*\":\"r\"}");
+    join_ok(a, "doc:1", NULL);
+    join_ok(b, "doc:1", NULL);
+    drain_all();
+    ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
+    ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
+    ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_ERR_RATE_LIMITED);
+    json_object_put(expect_msg(b, "ephemeral"));
+    json_object_put(expect_msg(b, "ephemeral"));
+    expect_empty(b);
+    json_object_put(data);
+}
+END_TEST
+
+START_TEST(test_join_rate_limited)
+{
+    peer_t *a;
+    set("join_burst", "3");
+    set("join_rate", "0.1");
+    a = open_peer("ada", "{\"*\":\"r\"}");
+    join_ok(a, "doc:1", NULL);
+    join_ok(a, "doc:2", NULL);
+    ck_assert_int_eq(stoa_hub_leave(a->s, "doc:2", NULL, why, sizeof why), STOA_OK);   /* leaves count */
+    ck_assert_int_eq(stoa_hub_join(a->s, "doc:3", NULL, NULL, why, sizeof why), STOA_ERR_RATE_LIMITED);
+    ck_assert_int_eq(stoa_hub_leave(a->s, "doc:1", NULL, why, sizeof why), STOA_ERR_RATE_LIMITED);
+}
+END_TEST
+
+START_TEST(test_not_in_room)
+{
+    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}");
+    json_object *patch = json_object_new_object(), *data = json_object_new_int(1), *id = json_object_new_int(5);
+    join_ok(b, "doc:1", NULL);
+    drain_all();
+    /* A never joined doc:1 (which exists) nor doc:2 (which does not). */
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, id, why, sizeof why), STOA_ERR_NOT_IN_ROOM);
+    ck_assert_ptr_nonnull(strstr(why, "doc:1"));
+    ck_assert_int_eq(stoa_hub_heartbeat(a->s, "doc:1", id, why, sizeof why), STOA_ERR_NOT_IN_ROOM);
+    ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, id, why, sizeof why), STOA_ERR_NOT_IN_ROOM);
+    ck_assert_int_eq(stoa_hub_leave(a->s, "doc:2", id, why, sizeof why), STOA_ERR_NOT_IN_ROOM);
+    ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:2", data, NULL, why, sizeof why), STOA_ERR_NOT_IN_ROOM);
+    expect_empty(a);   /* no ack for a refused message */
+    expect_empty(b);   /* nothing relayed */
+    json_object_put(patch);
+    json_object_put(data);
+    json_object_put(id);
+}
+END_TEST
+
+START_TEST(test_heartbeat_ack)
+{
+    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}");
+    json_object *id = json_object_new_string("hb"), *o;
+    join_ok(a, "doc:1", NULL);
+    join_ok(b, "doc:1", NULL);
+    drain_all();
+    ck_assert_int_eq(stoa_hub_heartbeat(a->s, "doc:1", id, why, sizeof why), STOA_OK);
+    o = expect_msg(a, "ack");
+    ck_assert_str_eq(str_field(o, "id"), "hb");
+    json_object_put(o);
+    ck_assert_int_eq(stoa_hub_heartbeat(a->s, "doc:1", NULL, why, sizeof why), STOA_OK);
+    expect_empty(a);
+    expect_empty(b);   /* heartbeats are not relayed */
+    json_object_put(id);
+}
+END_TEST
+
+/* Collect every peer_left in p's queue; check there is one about p itself
+ * in room with reason timeout, and that every one says timeout. */
+static void expect_evicted(peer_t *p, const char *room)
+{
+    stoa_msg_t *m;
+    bool self = false;
+    while ((m = stoa_session_pop(p->s))) {
+        json_object *o = parse_msg(m);
+        stoa_msg_unref(m);
+        ck_assert_str_eq(str_field(o, "type"), "peer_left");
+        ck_assert_str_eq(str_field(o, "reason"), "timeout");
+        if (strcmp(str_field(o, "peer"), peer_id(p)) == 0 && strcmp(str_field(o, "room"), room) == 0)
+            self = true;
+        json_object_put(o);
+    }
+    ck_assert_msg(self, "%s got no peer_left about itself in %s", p->name, room);
+}
+
+START_TEST(test_eviction)
+{
+    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}");
+    size_t sessions, rooms;
+    int a_wakes, b_wakes;
+    join_ok(a, "doc:1", NULL);
+    join_ok(b, "doc:1", NULL);
+    join_ok(a, "doc:2", NULL);
+    drain_all();
+
+    /* Nobody is silent yet. */
+    stoa_hub_tick(hub, stoa_now_ms());
+    expect_empty(a);
+    expect_empty(b);
+
+    a_wakes = a->wakes;
+    b_wakes = b->wakes;
+    stoa_hub_tick(hub, stoa_now_ms() + FAR_FUTURE_MS);
+    ck_assert_int_gt(a->wakes, a_wakes);
+    ck_assert_int_gt(b->wakes, b_wakes);
+    {
+        /* A was in two rooms: it hears about itself in both. */
+        stoa_msg_t *m;
+        bool doc1 = false, doc2 = false;
+        while ((m = stoa_session_pop(a->s))) {
+            json_object *o = parse_msg(m);
+            stoa_msg_unref(m);
+            ck_assert_str_eq(str_field(o, "type"), "peer_left");
+            ck_assert_str_eq(str_field(o, "reason"), "timeout");
+            if (strcmp(str_field(o, "peer"), peer_id(a)) == 0) {
+                if (strcmp(str_field(o, "room"), "doc:1") == 0)
+                    doc1 = true;
+                if (strcmp(str_field(o, "room"), "doc:2") == 0)
+                    doc2 = true;
+            }
+            json_object_put(o);
+        }
+        ck_assert(doc1 && doc2);
+    }
+    expect_evicted(b, "doc:1");
+    stoa_hub_stats(hub, &sessions, &rooms);
+    ck_assert_uint_eq(sessions, 2);   /* evicted from rooms, still connected */
+    ck_assert_uint_eq(rooms, 0);
+    ck_assert_int_eq(stoa_hub_heartbeat(a->s, "doc:1", NULL, why, sizeof why), STOA_ERR_NOT_IN_ROOM);
+    join_ok(a, "doc:1", NULL);   /* and may join again */
+}
+END_TEST
+
+START_TEST(test_heartbeat_postpones_eviction)
+{
+    peer_t *a, *b;
+    int64_t t_joined, t_beat;
+    json_object *o;
+    char *text;
+    set("heartbeat_interval_s", "1");
+    set("heartbeat_timeout_s", "2");
+    a = open_peer("ada", "{\"*\":\"r\"}");
+    b = open_peer("bob", "{\"*\":\"r\"}");
+    join_ok(a, "doc:1", NULL);
+    join_ok(b, "doc:1", NULL);
+    t_joined = stoa_now_ms();
+    drain_all();
+    usleep(50 * 1000);
+    t_beat = stoa_now_ms();
+    ck_assert_int_gt(t_beat, t_joined + 1);
+    ck_assert_int_eq(stoa_hub_heartbeat(b->s, "doc:1", NULL, why, sizeof why), STOA_OK);
+
+    /* 2 s after B's heartbeat: A (silent since joining) is over the limit,
+     * B is not. */
+    stoa_hub_tick(hub, t_beat + 2000);
+    o = expect_msg(a, "peer_left");
+    expect_peer_left(o, "doc:1", peer_id(a), "timeout");
+    json_object_put(o);
+    expect_empty(a);
+    o = expect_msg(b, "peer_left");
+    expect_peer_left(o, "doc:1", peer_id(a), "timeout");
+    json_object_put(o);
+    expect_empty(b);
+    text = stoa_hub_room_json(hub, "doc:1");
+    o = json_tokener_parse(text);
+    ck_assert_uint_eq(json_object_array_length(obj_field(o, "peers", json_type_array)), 1);
+    ck_assert_str_eq(str_field(json_object_array_get_idx(obj_field(o, "peers", json_type_array), 0), "peer"),
+                     peer_id(b));
+    json_object_put(o);
+    free(text);
+}
+END_TEST
+
+START_TEST(test_queue_overflow_msgs)
+{
+    peer_t *a, *b;
+    json_object *patch = json_tokener_parse("{\"x\":1}");
+    int b_wakes;
+    set("presence_burst", "100");
+    set("max_queue_msgs", "8");
+    a = open_peer("ada", "{\"*\":\"r\"}");
+    b = open_peer("bob", "{\"*\":\"r\"}");
+    join_ok(a, "doc:1", NULL);
+    join_ok(b, "doc:1", NULL);
+    drain_all();
+    for (int i = 0; i < 8; i++)
+        ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
+    ck_assert_int_eq(stoa_session_close_reason(b->s), STOA_OK);   /* 8 queued: at the limit */
+    b_wakes = b->wakes;
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
+    ck_assert_int_eq(stoa_session_close_reason(b->s), STOA_ERR_SLOW_CONSUMER);
+    ck_assert_int_gt(b->wakes, b_wakes);   /* woken to be closed */
+    ck_assert_int_eq(stoa_session_close_reason(a->s), STOA_OK);
+
+    /* The transport closes it; the room hears "disconnect". */
+    stoa_hub_close(b->s, STOA_LEFT_DISCONNECT);
+    {
+        json_object *o = expect_msg(a, "peer_left");
+        expect_peer_left(o, "doc:1", peer_id(b), "disconnect");
+        json_object_put(o);
+    }
+    json_object_put(patch);
+}
+END_TEST
+
+START_TEST(test_queue_overflow_bytes)
+{
+    peer_t *a, *b;
+    char *big = malloc(40001);
+    json_object *data;
+    memset(big, 'z', 40000);
+    big[40000] = '\0';
+    data = json_object_new_string(big);
+    set("max_queue_bytes", "65536");
+    a = open_peer("ada", "{\"*\":\"r\"}");
+    b = open_peer("bob", "{\"*\":\"r\"}");
+    join_ok(a, "doc:1", NULL);
+    join_ok(b, "doc:1", NULL);
+    drain_all();
+    ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
+    ck_assert_int_eq(stoa_session_close_reason(b->s), STOA_OK);
+    ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
+    ck_assert_int_eq(stoa_session_close_reason(b->s), STOA_ERR_SLOW_CONSUMER);
+    json_object_put(data);
+    free(big);
+}
+END_TEST
+
+START_TEST(test_popping_keeps_queue_healthy)
+{
+    /* A consumer that keeps up never overflows, however many messages pass. */
+    peer_t *a, *b;
+    json_object *patch = json_tokener_parse("{\"x\":1}");
+    set("presence_burst", "1000");
+    set("max_queue_msgs", "8");
+    a = open_peer("ada", "{\"*\":\"r\"}");
+    b = open_peer("bob", "{\"*\":\"r\"}");
+    join_ok(a, "doc:1", NULL);
+    join_ok(b, "doc:1", NULL);
+    drain_all();
+    for (int i = 0; i < 100; i++) {
+        ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
+        if (i % 5 == 4)
+            for (int j = 0; j < 5; j++)
+                json_object_put(expect_msg(b, "presence"));
+    }
+    expect_empty(b);
+    ck_assert_int_eq(stoa_session_close_reason(b->s), STOA_OK);
+    json_object_put(patch);
+}
+END_TEST
+
+START_TEST(test_room_json)
+{
+    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}");
+    char *text;
+    json_object *o, *arr, *e, *user, *want;
+    join_ok(a, "doc:1", "{\"cursor\":{\"line\":3}}");
+    join_ok(b, "doc:1", NULL);
+
+    text = stoa_hub_room_json(hub, "doc:1");
+    o = json_tokener_parse(text);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_str_eq(str_field(o, "room"), "doc:1");
+    arr = obj_field(o, "peers", json_type_array);
+    ck_assert_uint_eq(json_object_array_length(arr), 2);
+    e = json_object_array_get_idx(arr, 0);
+    ck_assert_str_eq(str_field(e, "peer"), peer_id(a));
+    user = obj_field(e, "user", json_type_object);
+    ck_assert_str_eq(str_field(user, "id"), "ada");
+    ck_assert_str_eq(str_field(user, "name"), "ada");
+    ck_assert_str_eq(str_field(user, "color"), "#e6194b");
+    obj_field(user, "anonymous", json_type_boolean);
+    want = json_tokener_parse("{\"cursor\":{\"line\":3}}");
+    ck_assert(json_object_equal(obj_field(e, "state", json_type_object), want));
+    json_object_put(want);
+    e = json_object_array_get_idx(arr, 1);
+    ck_assert_str_eq(str_field(e, "peer"), peer_id(b));
+    ck_assert_int_eq(json_object_object_length(obj_field(e, "state", json_type_object)), 0);
+    json_object_put(o);
+    free(text);
+
+    text = stoa_hub_room_json(hub, "doc:nobody");
+    ck_assert_str_eq(text, "{\"room\":\"doc:nobody\",\"peers\":[]}");
+    free(text);
+}
+END_TEST
+
+START_TEST(test_hub_send)
+{
+    peer_t *a = open_peer("ada", "{}"), *b = open_peer("bob", "{}");
+    stoa_msg_t *m = stoa_wire_notice("info", "hello"), *got;
+    int wakes = a->wakes;
+    stoa_msg_ref(m);
+    stoa_hub_send(a->s, m);   /* takes one reference */
+    ck_assert_int_gt(a->wakes, wakes);
+    got = stoa_session_pop(a->s);
+    ck_assert_ptr_eq(got, m);
+    ck_assert_uint_eq(stoa_msg_refcount(m), 2);   /* ours + the popped one */
+    stoa_msg_unref(got);
+    stoa_msg_unref(m);
+    expect_empty(a);
+    expect_empty(b);
+}
+END_TEST
+
+START_TEST(test_anonymous_identity_session)
+{
+    char dir[] = "/tmp/stoa-hub-XXXXXX", err[256];
+    stoa_auth_t *auth;
+    peer_t *p;
+    json_object *o;
+    stoa_msg_t *m;
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    set("jwt_secret", "0123456789abcdef0123456789abcdef-test");
+    set("data_dir", dir);
+    set("anonymous_rights", "{\"doc:*\":\"r\"}");
+    auth = stoa_auth_new(cfg, err, sizeof err);
+    ck_assert_msg(auth != NULL, "%s", err);
+
+    p = &peers[npeers++];
+    p->name = "anon";
+    p->s = stoa_hub_open(hub, stoa_auth_anonymous(auth), &fake_ops, p, p);
+    stoa_auth_free(auth);
+    m = stoa_session_pop(p->s);
+    o = parse_msg(m);
+    stoa_msg_unref(m);
+    {
+        json_object *user = obj_field(o, "user", json_type_object);
+        ck_assert(json_object_get_boolean(obj_field(user, "anonymous", json_type_boolean)));
+        ck_assert(strncmp(str_field(user, "id"), "anon-", 5) == 0);
+        ck_assert_ptr_nonnull(strchr(str_field(user, "name"), ' '));
+    }
+    json_object_put(o);
+    join_ok(p, "doc:1", NULL);
+    ck_assert_int_eq(stoa_hub_join(p->s, "record:1", NULL, NULL, why, sizeof why), STOA_ERR_PERMISSION_DENIED);
+    rmdir(dir);
+}
+END_TEST
+
+START_TEST(test_left_reason_names)
+{
+    ck_assert_str_eq(stoa_left_reason_name(STOA_LEFT_LEAVE), "leave");
+    ck_assert_str_eq(stoa_left_reason_name(STOA_LEFT_DISCONNECT), "disconnect");
+    ck_assert_str_eq(stoa_left_reason_name(STOA_LEFT_TIMEOUT), "timeout");
+    ck_assert_str_eq(stoa_left_reason_name((stoa_left_reason_t)99), "disconnect");
+}
+END_TEST
+
+START_TEST(test_join_after_close)
+{
+    /* A transport may still hold its reference (and feed a message) after
+     * the hub closed the session: that must not put a dead peer in a room. */
+    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}");
+    json_object *o, *patch = json_tokener_parse("{\"x\":1}");
+    stoa_hub_close(a->s, STOA_LEFT_DISCONNECT);
+    ck_assert_int_ne(stoa_hub_join(a->s, "doc:1", NULL, NULL, why, sizeof why), STOA_OK);
+    stoa_session_unref(a->s);   /* the transport lets go: the session is freed */
+    a->s = NULL;
+    join_ok(b, "doc:1", NULL);
+    o = expect_msg(b, "room_state");
+    ck_assert_uint_eq(json_object_array_length(obj_field(o, "peers", json_type_array)), 1);
+    json_object_put(o);
+    /* A broadcast would touch the freed session if it were still a member. */
+    ck_assert_int_eq(stoa_hub_presence(b->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
+    stoa_hub_tick(hub, stoa_now_ms() + FAR_FUTURE_MS);
+    o = expect_msg(b, "peer_left");
+    expect_peer_left(o, "doc:1", peer_id(b), "timeout");
+    json_object_put(o);
+    expect_empty(b);
+    json_object_put(patch);
+}
+END_TEST
+
+START_TEST(test_free_does_not_wake_gone_transports)
+{
+    /* stoa_hub_free with sessions still open: their transports are gone,
+     * so closing them must not call ops->wake on any of them. */
+    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}"),
+           *c = open_peer("cy", "{\"*\":\"r\"}");
+    int wakes;
+    join_ok(a, "doc:1", NULL);
+    join_ok(b, "doc:1", NULL);
+    join_ok(c, "doc:1", NULL);
+    drain_all();
+    wakes = a->wakes + b->wakes + c->wakes;
+    stoa_hub_free(hub);
+    hub = NULL;
+    ck_assert_int_eq(a->wakes + b->wakes + c->wakes, wakes);
+    /* Our references are still ours to drop. */
+    for (int i = 0; i < npeers; i++) {
+        stoa_session_unref(peers[i].s);
+        peers[i].s = NULL;
+    }
+}
+END_TEST
+
+static Suite *hub_suite(void)
+{
+    Suite *s = suite_create("hub");
+    TCase *tc = tcase_create("core");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, test_welcome);
+    tcase_add_test(tc, test_peer_ids_unique);
+    tcase_add_test(tc, test_three_sessions);
+    tcase_add_test(tc, test_presence_relay);
+    tcase_add_test(tc, test_ephemeral_relay);
+    tcase_add_test(tc, test_shared_by_reference);
+    tcase_add_test(tc, test_leave_and_close);
+    tcase_add_test(tc, test_close_drops_queue);
+    tcase_add_test(tc, test_close_with_undrained_recipients);
+    tcase_add_test(tc, test_permission_denied);
+    tcase_add_test(tc, test_bad_room);
+    tcase_add_test(tc, test_already_joined);
+    tcase_add_test(tc, test_bad_initial_state);
+    tcase_add_test(tc, test_too_many_rooms);
+    tcase_add_test(tc, test_room_full);
+    tcase_add_test(tc, test_state_too_large);
+    tcase_add_test(tc, test_presence_rate_limited);
+    tcase_add_test(tc, test_ephemeral_rate_limited);
+    tcase_add_test(tc, test_join_rate_limited);
+    tcase_add_test(tc, test_not_in_room);
+    tcase_add_test(tc, test_heartbeat_ack);
+    tcase_add_test(tc, test_eviction);
+    tcase_add_test(tc, test_heartbeat_postpones_eviction);
+    tcase_add_test(tc, test_queue_overflow_msgs);
+    tcase_add_test(tc, test_queue_overflow_bytes);
+    tcase_add_test(tc, test_popping_keeps_queue_healthy);
+    tcase_add_test(tc, test_room_json);
+    tcase_add_test(tc, test_hub_send);
+    tcase_add_test(tc, test_anonymous_identity_session);
+    tcase_add_test(tc, test_left_reason_names);
+    tcase_add_test(tc, test_join_after_close);
+    tcase_add_test(tc, test_free_does_not_wake_gone_transports);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(hub_suite());
+    int failed;
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

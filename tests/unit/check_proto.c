@@ -1,0 +1,488 @@
+/* check_proto.c - unit tests of proto.c: decoding client messages and the
+ * errors, acks and pongs they cause, read back from the session queue. */
+#include "stoa/config.h"
+#include "stoa/hub.h"
+#include "stoa/perm.h"
+#include "stoa/proto.h"
+#include "stoa/util.h"
+
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int wakes;
+
+static void fake_wake(void *transport, stoa_session_t *sess)
+{
+    (void)transport;
+    (void)sess;
+    wakes++;
+}
+
+static const stoa_transport_ops_t fake_ops = {.name = "fake", .wake = fake_wake};
+
+static stoa_config_t *cfg;
+static stoa_hub_t *hub;
+static stoa_session_t *sess, *other;
+
+static stoa_identity_t *make_ident(const char *sub, const char *rights)
+{
+    char err[256];
+    stoa_identity_t *id = stoa_xcalloc(1, sizeof *id);
+    id->sub = stoa_xstrdup(sub);
+    id->name = stoa_xstrdup(sub);
+    id->color = stoa_xstrdup("#3cb44b");
+    id->perms = stoa_perms_parse(rights, 128, err, sizeof err);
+    ck_assert_msg(id->perms != NULL, "%s", err);
+    return id;
+}
+
+static void drain(stoa_session_t *s)
+{
+    stoa_msg_t *m;
+    while ((m = stoa_session_pop(s)))
+        stoa_msg_unref(m);
+}
+
+static void setup(void)
+{
+    cfg = stoa_config_new();
+    hub = stoa_hub_new(cfg);
+    wakes = 0;
+    sess = stoa_hub_open(hub, make_ident("ada", "{\"doc:*\":\"rw\",\"doc:secret\":\"\"}"), &fake_ops, NULL, NULL);
+    other = stoa_hub_open(hub, make_ident("bob", "{\"*\":\"r\"}"), &fake_ops, NULL, NULL);
+    drain(sess);
+    drain(other);
+}
+
+static void teardown(void)
+{
+    stoa_hub_close(sess, STOA_LEFT_DISCONNECT);
+    stoa_hub_close(other, STOA_LEFT_DISCONNECT);
+    stoa_session_unref(sess);
+    stoa_session_unref(other);
+    stoa_hub_free(hub);
+    stoa_config_free(cfg);
+}
+
+static stoa_err_t handle(const char *text)
+{
+    return stoa_proto_handle(sess, text, strlen(text));
+}
+
+static json_object *pop(stoa_session_t *s)
+{
+    stoa_msg_t *m = stoa_session_pop(s);
+    json_object *o;
+    ck_assert_msg(m != NULL, "expected a message, the queue is empty");
+    o = json_tokener_parse(stoa_msg_text(m));
+    ck_assert_msg(o != NULL, "not JSON: %s", stoa_msg_text(m));
+    stoa_msg_unref(m);
+    return o;
+}
+
+static void expect_empty(stoa_session_t *s)
+{
+    stoa_msg_t *m = stoa_session_pop(s);
+    ck_assert_msg(m == NULL, "expected no message, got %s", m ? stoa_msg_text(m) : "");
+}
+
+static const char *str_field(json_object *o, const char *key)
+{
+    json_object *v;
+    ck_assert_msg(json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string),
+                  "no string \"%s\" in %s", key, json_object_to_json_string(o));
+    return json_object_get_string(v);
+}
+
+static bool has_field(json_object *o, const char *key)
+{
+    return json_object_object_get_ex(o, key, NULL);
+}
+
+/* Pop an error of `code`; returns it (the caller puts it). */
+static json_object *expect_error(stoa_session_t *s, const char *code)
+{
+    json_object *o = pop(s);
+    ck_assert_str_eq(str_field(o, "type"), "error");
+    ck_assert_msg(strcmp(str_field(o, "code"), code) == 0, "expected %s, got %s", code,
+                  json_object_to_json_string(o));
+    ck_assert_msg(str_field(o, "message")[0] != '\0', "error without a message");
+    return o;
+}
+
+/* Send text, expect exactly one error of `code` with no id and no room. */
+static void bad(const char *text, stoa_err_t want, const char *code)
+{
+    json_object *o;
+    stoa_err_t got = handle(text);
+    ck_assert_msg(got == want, "%s: returned %s, want %s", text, stoa_err_name(got), code);
+    o = expect_error(sess, code);
+    ck_assert_msg(!has_field(o, "id"), "%s: unexpected id", text);
+    json_object_put(o);
+    expect_empty(sess);
+}
+
+START_TEST(test_bad_json)
+{
+    bad("{", STOA_ERR_BAD_JSON, "BAD_JSON");
+    bad("not json", STOA_ERR_BAD_JSON, "BAD_JSON");
+    bad("{\"type\":\"ping\",}", STOA_ERR_BAD_JSON, "BAD_JSON");
+    bad("{\"type\":\"ping\"", STOA_ERR_BAD_JSON, "BAD_JSON");
+    bad("{'type':'ping'}", STOA_ERR_BAD_JSON, "BAD_JSON");
+    bad("\"unterminated", STOA_ERR_BAD_JSON, "BAD_JSON");
+    bad("   ", STOA_ERR_BAD_JSON, "BAD_JSON");
+    ck_assert_int_eq(stoa_proto_handle(sess, "", 0), STOA_ERR_BAD_JSON);
+    json_object_put(expect_error(sess, "BAD_JSON"));
+    expect_empty(sess);
+}
+END_TEST
+
+START_TEST(test_trailing_garbage)
+{
+    json_object *o;
+    bad("{\"type\":\"ping\"} x", STOA_ERR_BAD_JSON, "BAD_JSON");
+    bad("{\"type\":\"ping\"}{\"type\":\"ping\"}", STOA_ERR_BAD_JSON, "BAD_JSON");
+    bad("{\"type\":\"ping\"}]", STOA_ERR_BAD_JSON, "BAD_JSON");
+    /* A NUL byte is not whitespace. */
+    ck_assert_int_eq(stoa_proto_handle(sess, "{\"type\":\"ping\"}\0x", 17), STOA_ERR_BAD_JSON);
+    json_object_put(expect_error(sess, "BAD_JSON"));
+    ck_assert_int_eq(stoa_proto_handle(sess, "{\"type\":\"ping\"}\0", 16), STOA_ERR_BAD_JSON);
+    json_object_put(expect_error(sess, "BAD_JSON"));
+    /* Trailing whitespace is fine. */
+    ck_assert_int_eq(handle("{\"type\":\"ping\"} \r\n\t "), STOA_OK);
+    o = pop(sess);
+    ck_assert_str_eq(str_field(o, "type"), "pong");
+    json_object_put(o);
+    expect_empty(sess);
+}
+END_TEST
+
+START_TEST(test_not_nul_terminated)
+{
+    /* Only len bytes are read: what follows them is not part of the message. */
+    const char buf[] = "{\"type\":\"ping\",\"id\":9}GARBAGE";
+    json_object *o;
+    ck_assert_int_eq(stoa_proto_handle(sess, buf, strlen(buf) - strlen("GARBAGE")), STOA_OK);
+    o = pop(sess);
+    ck_assert_str_eq(str_field(o, "type"), "pong");
+    json_object_put(o);
+    expect_empty(sess);
+}
+END_TEST
+
+START_TEST(test_non_object)
+{
+    bad("[1,2]", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("[]", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("\"ping\"", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("true", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("null", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    /* A number is valid JSON, just not a message. */
+    bad("42", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("-1.5e3", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad(" 7 ", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+}
+END_TEST
+
+START_TEST(test_missing_or_bad_type)
+{
+    bad("{}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("{\"room\":\"doc:1\"}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("{\"type\":5}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("{\"type\":null}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("{\"type\":[\"ping\"]}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("{\"type\":{\"name\":\"ping\"}}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+}
+END_TEST
+
+START_TEST(test_unknown_type)
+{
+    json_object *o;
+    bad("{\"type\":\"dance\"}", STOA_ERR_UNKNOWN_TYPE, "UNKNOWN_TYPE");
+    bad("{\"type\":\"PING\"}", STOA_ERR_UNKNOWN_TYPE, "UNKNOWN_TYPE");
+    bad("{\"type\":\"\"}", STOA_ERR_UNKNOWN_TYPE, "UNKNOWN_TYPE");
+    ck_assert_int_eq(handle("{\"type\":\"welcome\",\"id\":\"w\"}"), STOA_ERR_UNKNOWN_TYPE);
+    o = expect_error(sess, "UNKNOWN_TYPE");
+    ck_assert_str_eq(str_field(o, "id"), "w");
+    ck_assert_ptr_nonnull(strstr(str_field(o, "message"), "welcome"));
+    json_object_put(o);
+}
+END_TEST
+
+START_TEST(test_missing_room)
+{
+    bad("{\"type\":\"join\"}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("{\"type\":\"leave\"}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("{\"type\":\"heartbeat\"}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("{\"type\":\"presence\",\"state\":{}}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("{\"type\":\"ephemeral\",\"data\":1}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("{\"type\":\"join\",\"room\":7}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("{\"type\":\"join\",\"room\":null}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+}
+END_TEST
+
+START_TEST(test_missing_argument)
+{
+    json_object *o;
+    ck_assert_int_eq(handle("{\"type\":\"join\",\"room\":\"doc:1\"}"), STOA_OK);
+    o = pop(sess);
+    ck_assert_str_eq(str_field(o, "type"), "room_state");
+    json_object_put(o);
+
+    ck_assert_int_eq(handle("{\"type\":\"presence\",\"room\":\"doc:1\",\"id\":1}"), STOA_ERR_BAD_MESSAGE);
+    o = expect_error(sess, "BAD_MESSAGE");
+    ck_assert_str_eq(str_field(o, "room"), "doc:1");
+    ck_assert_int_eq(json_object_get_int(json_object_object_get(o, "id")), 1);
+    ck_assert_ptr_nonnull(strstr(str_field(o, "message"), "state"));
+    json_object_put(o);
+
+    ck_assert_int_eq(handle("{\"type\":\"ephemeral\",\"room\":\"doc:1\"}"), STOA_ERR_BAD_MESSAGE);
+    o = expect_error(sess, "BAD_MESSAGE");
+    ck_assert_str_eq(str_field(o, "room"), "doc:1");
+    ck_assert_ptr_nonnull(strstr(str_field(o, "message"), "data"));
+    json_object_put(o);
+
+    /* A state that is not an object is refused too. */
+    ck_assert_int_eq(handle("{\"type\":\"presence\",\"room\":\"doc:1\",\"state\":[1]}"), STOA_ERR_BAD_MESSAGE);
+    json_object_put(expect_error(sess, "BAD_MESSAGE"));
+    ck_assert_int_eq(handle("{\"type\":\"join\",\"room\":\"doc:2\",\"state\":\"x\"}"), STOA_ERR_BAD_MESSAGE);
+    json_object_put(expect_error(sess, "BAD_MESSAGE"));
+    expect_empty(sess);
+}
+END_TEST
+
+START_TEST(test_bad_id)
+{
+    char text[400];
+    json_object *o;
+    bad("{\"type\":\"ping\",\"id\":{}}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("{\"type\":\"ping\",\"id\":{\"a\":1}}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("{\"type\":\"ping\",\"id\":[1]}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("{\"type\":\"ping\",\"id\":true}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad("{\"type\":\"ping\",\"id\":null}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    /* A bad id is reported before anything else is looked at. */
+    bad("{\"type\":\"dance\",\"id\":{}}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    /* Strings up to STOA_PROTO_MAX_ID bytes. */
+    snprintf(text, sizeof text, "{\"type\":\"ping\",\"id\":\"%0*d\"}", STOA_PROTO_MAX_ID + 1, 0);
+    bad(text, STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    snprintf(text, sizeof text, "{\"type\":\"ping\",\"id\":\"%0*d\"}", STOA_PROTO_MAX_ID, 0);
+    ck_assert_int_eq(handle(text), STOA_OK);
+    o = pop(sess);
+    ck_assert_str_eq(str_field(o, "type"), "pong");
+    ck_assert_uint_eq(strlen(str_field(o, "id")), STOA_PROTO_MAX_ID);
+    json_object_put(o);
+    expect_empty(sess);
+}
+END_TEST
+
+START_TEST(test_id_echoed_in_errors)
+{
+    json_object *o, *id;
+    ck_assert_int_eq(handle("{\"type\":\"leave\",\"room\":\"doc:1\",\"id\":\"req-7\"}"), STOA_ERR_NOT_IN_ROOM);
+    o = expect_error(sess, "NOT_IN_ROOM");
+    ck_assert_str_eq(str_field(o, "id"), "req-7");
+    ck_assert_str_eq(str_field(o, "room"), "doc:1");
+    json_object_put(o);
+
+    ck_assert_int_eq(handle("{\"type\":\"join\",\"room\":\"doc:secret\",\"id\":7}"), STOA_ERR_PERMISSION_DENIED);
+    o = expect_error(sess, "PERMISSION_DENIED");
+    ck_assert(json_object_object_get_ex(o, "id", &id));
+    ck_assert(json_object_is_type(id, json_type_int));
+    ck_assert_int_eq(json_object_get_int(id), 7);
+    ck_assert_str_eq(str_field(o, "room"), "doc:secret");
+    json_object_put(o);
+
+    ck_assert_int_eq(handle("{\"type\":\"join\",\"room\":\"bad room\",\"id\":2.5}"), STOA_ERR_BAD_ROOM);
+    o = expect_error(sess, "BAD_ROOM");
+    ck_assert(json_object_object_get_ex(o, "id", &id));
+    ck_assert(json_object_is_type(id, json_type_double));
+    ck_assert_double_eq(json_object_get_double(id), 2.5);
+    json_object_put(o);
+    expect_empty(sess);
+}
+END_TEST
+
+START_TEST(test_join_and_acks)
+{
+    json_object *o, *id;
+    ck_assert_int_eq(handle("{\"type\":\"join\",\"room\":\"doc:1\",\"state\":{\"name\":\"Ada\"},\"id\":1}"),
+                     STOA_OK);
+    o = pop(sess);
+    ck_assert_str_eq(str_field(o, "type"), "room_state");
+    ck_assert_str_eq(str_field(o, "room"), "doc:1");
+    ck_assert_int_eq(json_object_get_int(json_object_object_get(o, "id")), 1);
+    json_object_put(o);
+
+    ck_assert_int_eq(stoa_proto_handle(other, "{\"type\":\"join\",\"room\":\"doc:1\"}", strlen("{\"type\":\"join\",\"room\":\"doc:1\"}")), STOA_OK);
+    drain(other);
+    drain(sess);
+
+    ck_assert_int_eq(handle("{\"type\":\"presence\",\"room\":\"doc:1\",\"state\":{\"cursor\":4},\"id\":2}"),
+                     STOA_OK);
+    o = pop(sess);
+    ck_assert_str_eq(str_field(o, "type"), "ack");
+    ck_assert(json_object_object_get_ex(o, "id", &id));
+    ck_assert(json_object_is_type(id, json_type_int));
+    ck_assert_int_eq(json_object_get_int(id), 2);
+    json_object_put(o);
+    o = pop(other);
+    ck_assert_str_eq(str_field(o, "type"), "presence");
+    ck_assert_int_eq(json_object_get_int(json_object_object_get(json_object_object_get(o, "state"), "cursor")), 4);
+    ck_assert_str_eq(str_field(json_object_object_get(o, "state"), "name"), "Ada");
+    json_object_put(o);
+
+    ck_assert_int_eq(handle("{\"type\":\"heartbeat\",\"room\":\"doc:1\",\"id\":\"hb\"}"), STOA_OK);
+    o = pop(sess);
+    ck_assert_str_eq(str_field(o, "type"), "ack");
+    ck_assert_str_eq(str_field(o, "id"), "hb");
+    json_object_put(o);
+
+    ck_assert_int_eq(handle("{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":{\"emoji\":\"x\"},\"id\":3}"),
+                     STOA_OK);
+    o = pop(sess);
+    ck_assert_str_eq(str_field(o, "type"), "ack");
+    json_object_put(o);
+    o = pop(other);
+    ck_assert_str_eq(str_field(o, "type"), "ephemeral");
+    ck_assert_str_eq(str_field(json_object_object_get(o, "data"), "emoji"), "x");
+    json_object_put(o);
+
+    /* Identity fields a client sends are ignored: the server stamps its own. */
+    ck_assert_int_eq(handle("{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":1,\"from\":\"forged\","
+                            "\"user\":{\"id\":\"root\"}}"),
+                     STOA_OK);
+    o = pop(other);
+    ck_assert_str_eq(str_field(o, "from"), stoa_session_peer(sess));
+    ck_assert_str_eq(str_field(json_object_object_get(o, "user"), "id"), "ada");
+    json_object_put(o);
+
+    ck_assert_int_eq(handle("{\"type\":\"leave\",\"room\":\"doc:1\",\"id\":\"bye\"}"), STOA_OK);
+    o = pop(sess);
+    ck_assert_str_eq(str_field(o, "type"), "ack");
+    ck_assert_str_eq(str_field(o, "id"), "bye");
+    json_object_put(o);
+    o = pop(other);
+    ck_assert_str_eq(str_field(o, "type"), "peer_left");
+    ck_assert_str_eq(str_field(o, "reason"), "leave");
+    json_object_put(o);
+    expect_empty(sess);
+    expect_empty(other);
+}
+END_TEST
+
+START_TEST(test_ping_pong)
+{
+    json_object *o, *id;
+    ck_assert_int_eq(handle("{\"type\":\"ping\",\"id\":4}"), STOA_OK);
+    o = pop(sess);
+    ck_assert_str_eq(str_field(o, "type"), "pong");
+    ck_assert(json_object_object_get_ex(o, "id", &id));
+    ck_assert(json_object_is_type(id, json_type_int));
+    ck_assert_int_eq(json_object_get_int(id), 4);
+    json_object_put(o);
+
+    ck_assert_int_eq(handle("{\"type\":\"ping\",\"id\":\"abc\"}"), STOA_OK);
+    o = pop(sess);
+    ck_assert_str_eq(str_field(o, "type"), "pong");
+    ck_assert_str_eq(str_field(o, "id"), "abc");
+    json_object_put(o);
+
+    ck_assert_int_eq(handle("{\"type\":\"ping\"}"), STOA_OK);
+    o = pop(sess);
+    ck_assert_str_eq(str_field(o, "type"), "pong");
+    ck_assert(!has_field(o, "id"));
+    json_object_put(o);
+    /* Unknown extra fields are ignored. */
+    ck_assert_int_eq(handle("{\"type\":\"ping\",\"extra\":[1,2,3]}"), STOA_OK);
+    json_object_put(pop(sess));
+    expect_empty(sess);
+    expect_empty(other);
+}
+END_TEST
+
+START_TEST(test_depth_limit)
+{
+    char text[256];
+    size_t n = 0;
+    int depth = STOA_PROTO_MAX_DEPTH + 5;
+    n += (size_t)snprintf(text, sizeof text, "{\"type\":\"ping\",\"x\":");
+    for (int i = 0; i < depth; i++)
+        text[n++] = '[';
+    for (int i = 0; i < depth; i++)
+        text[n++] = ']';
+    text[n++] = '}';
+    text[n] = '\0';
+    bad(text, STOA_ERR_BAD_JSON, "BAD_JSON");
+}
+END_TEST
+
+START_TEST(test_proto_error)
+{
+    json_object *id = json_object_new_string("e1"), *o;
+    int before = wakes;
+    stoa_proto_error(sess, STOA_ERR_RATE_LIMITED, "slow down", id, "doc:9");
+    ck_assert_int_gt(wakes, before);
+    o = expect_error(sess, "RATE_LIMITED");
+    ck_assert_str_eq(str_field(o, "message"), "slow down");
+    ck_assert_str_eq(str_field(o, "id"), "e1");
+    ck_assert_str_eq(str_field(o, "room"), "doc:9");
+    json_object_put(o);
+    stoa_proto_error(sess, STOA_ERR_INTERNAL, "oops", NULL, NULL);
+    o = expect_error(sess, "INTERNAL");
+    ck_assert(!has_field(o, "id"));
+    ck_assert(!has_field(o, "room"));
+    json_object_put(o);
+    json_object_put(id);
+}
+END_TEST
+
+START_TEST(test_session_stays_open)
+{
+    json_object *o;
+    for (int i = 0; i < 20; i++) {
+        ck_assert_int_eq(handle("garbage"), STOA_ERR_BAD_JSON);
+        json_object_put(expect_error(sess, "BAD_JSON"));
+    }
+    ck_assert_int_eq(stoa_session_close_reason(sess), STOA_OK);
+    ck_assert_int_eq(handle("{\"type\":\"ping\",\"id\":1}"), STOA_OK);
+    o = pop(sess);
+    ck_assert_str_eq(str_field(o, "type"), "pong");
+    json_object_put(o);
+}
+END_TEST
+
+static Suite *proto_suite(void)
+{
+    Suite *s = suite_create("proto");
+    TCase *tc = tcase_create("core");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_bad_json);
+    tcase_add_test(tc, test_trailing_garbage);
+    tcase_add_test(tc, test_not_nul_terminated);
+    tcase_add_test(tc, test_non_object);
+    tcase_add_test(tc, test_missing_or_bad_type);
+    tcase_add_test(tc, test_unknown_type);
+    tcase_add_test(tc, test_missing_room);
+    tcase_add_test(tc, test_missing_argument);
+    tcase_add_test(tc, test_bad_id);
+    tcase_add_test(tc, test_id_echoed_in_errors);
+    tcase_add_test(tc, test_join_and_acks);
+    tcase_add_test(tc, test_ping_pong);
+    tcase_add_test(tc, test_depth_limit);
+    tcase_add_test(tc, test_proto_error);
+    tcase_add_test(tc, test_session_stays_open);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(proto_suite());
+    int failed;
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
