@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install what Stoa needs on Debian 12, only what is missing.
+#   contrib/install-deps.sh          build and run
+#   contrib/install-deps.sh --test   also what the test suite needs
+set -euo pipefail
+
+want=(gcc make cmake pkg-config ca-certificates
+      libmicrohttpd-dev libwebsockets-dev libjson-c-dev libjwt-dev libinih-dev uthash-dev)
+if [ "${1:-}" = "--test" ]; then
+  want+=(clang check openssl procps curl)
+  # Node.js runs the black-box tests; keep one that is already installed.
+  command -v node >/dev/null 2>&1 || want+=(nodejs)
+  command -v npm >/dev/null 2>&1 || want+=(npm)
+fi
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "installing: ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null

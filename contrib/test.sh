@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Install what is missing, then build and test Stoa three ways:
+#   gcc, warnings as errors: unit tests (Check) and black-box tests (Node)
+#   clang, warnings as errors: unit tests
+#   gcc with ASan+UBSan: unit tests and black-box tests
+# Ends with one line "stoa: N passed, M failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+bash contrib/install-deps.sh --test || { echo "stoa: installing dependencies failed"; exit 1; }
+
+jobs=$(nproc)
+passed=0
+failed=0
+log=$(mktemp -d)
+trap 'rm -rf "$log"' EXIT
+
+count_ctest() {   # ctest output -> passed failed
+  local line
+  line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$1" | tail -n 1)
+  if [ -z "$line" ]; then echo "0 1"; return; fi
+  local total fail
+  fail=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/' <<<"$line")
+  total=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\2/' <<<"$line")
+  echo "$((total - fail)) $fail"
+}
+
+count_node() {    # node --test output -> passed failed
+  local p f
+  p=$(grep -E '^# pass [0-9]+' "$1" | tail -n 1 | awk '{print $3}')
+  f=$(grep -E '^# fail [0-9]+' "$1" | tail -n 1 | awk '{print $3}')
+  echo "${p:-0} ${f:-1}"
+}
+
+add() { passed=$((passed + $1)); failed=$((failed + $2)); }
+
+build() {   # dir, cmake args...
+  local dir=$1; shift
+  echo "== build $dir"
+  cmake -S . -B "$dir" "$@" >"$log/cmake-$(basename "$dir").txt" 2>&1 &&
+    cmake --build "$dir" -j"$jobs" 2>&1 | tail -n 3
+  return "${PIPESTATUS[0]}"
+}
+
+unit() {   # dir
+  echo "== unit tests ($1)"
+  (cd "$1" && ctest --output-on-failure -j"$jobs") | tee "$log/ctest.txt"
+  add $(count_ctest "$log/ctest.txt")
+}
+
+integration() {   # dir
+  echo "== black-box tests ($1)"
+  STOA_BIN="$root/$1/stoa" node --test --test-concurrency=1 tests/integration/ 2>&1 | tee "$log/node.txt"
+  add $(count_node "$log/node.txt")
+}
+
+echo "== npm ci (tests/)"
+(cd tests && npm ci --no-audit --no-fund --loglevel=error) || { echo "stoa: npm ci failed"; exit 1; }
+
+if build build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=gcc; then
+  unit build
+  integration build
+else
+  echo "gcc build failed"; add 0 1
+fi
+
+if build build-clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang; then
+  unit build-clang
+else
+  echo "clang build failed"; add 0 1
+fi
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+if build build-asan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=gcc -DSTOA_SANITIZE=ON; then
+  unit build-asan
+  integration build-asan
+else
+  echo "sanitizer build failed"; add 0 1
+fi
+
+echo
+echo "stoa: $passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
