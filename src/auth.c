@@ -435,7 +435,8 @@ char *stoa_auth_mint(const stoa_auth_t *a, const stoa_identity_t *id, int ttl_s,
     claims = json_object_new_object();
     json_object_object_add(claims, "sub", json_object_new_string(id->sub));
     json_object_object_add(claims, "name", json_object_new_string(id->name));
-    json_object_object_add(claims, "color", json_object_new_string(id->color));
+    if (id->color)
+        json_object_object_add(claims, "color", json_object_new_string(id->color));
     if (id->anonymous)
         json_object_object_add(claims, "anon", json_object_new_boolean(1));
     rooms = stoa_perms_to_json(id->perms);

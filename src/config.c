@@ -51,7 +51,7 @@ static const setting_t settings[] = {
     I(max_room_name_bytes, "128", 8, 1024, "longest room name, bytes"),
     I(max_rooms_per_conn, "32", 1, 10000, "rooms one connection may be in at once"),
     I(max_peers_per_room, "256", 1, 1000000, "peers one room may hold"),
-    I(max_connections, "10000", 1, 1000000, "open client connections (WebSocket plus HTTP)"),
+    I(max_connections, "10000", 1, 1000000, "open WebSocket connections, and separately open HTTP connections"),
     I(max_queue_msgs, "1024", 8, 1000000, "outbound messages queued per connection before it is dropped as too slow"),
     I(max_queue_bytes, "8388608", 65536, 1073741824, "outbound bytes queued per connection before it is dropped as too slow"),
     D(presence_rate, "20", 0.1, 100000, "presence updates per second per connection (token bucket rate)"),

@@ -104,7 +104,7 @@ static int cmd_token(int argc, char **argv)
     }
     id.sub = (char *)sub;
     id.name = (char *)(name ? name : sub);
-    id.color = (char *)(color ? color : "#4363d8");
+    id.color = (char *)color;   /* NULL: the server derives a palette colour from sub */
     id.anonymous = anon;
     id.perms = stoa_perms_parse(rooms, (size_t)cfg->max_room_name_bytes, err, sizeof err);
     if (!id.perms) {

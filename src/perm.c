@@ -3,6 +3,7 @@
 #include "stoa/room.h"
 #include "stoa/util.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,8 +106,9 @@ void stoa_perms_free(stoa_perms_t *perms)
     free(perms);
 }
 
-/* Rights from the patterns alone: the longest match, exact beating wildcard. */
-static unsigned match(const stoa_perms_t *perms, const char *room)
+/* Rights from the patterns alone: the longest match, exact beating
+ * wildcard. With sidecar_only, only patterns naming "eph:..." count. */
+static unsigned match(const stoa_perms_t *perms, const char *room, bool sidecar_only)
 {
     size_t room_len = strlen(room);
     long best = -1;
@@ -114,6 +116,8 @@ static unsigned match(const stoa_perms_t *perms, const char *room)
     for (size_t i = 0; i < perms->n; i++) {
         const grant_t *g = &perms->grants[i];
         long score;
+        if (sidecar_only && (g->prefix_len < 4 || memcmp(g->pattern, "eph:", 4) != 0))
+            continue;
         if (g->wildcard) {
             if (room_len < g->prefix_len || memcmp(room, g->pattern, g->prefix_len) != 0)
                 continue;
@@ -137,9 +141,15 @@ unsigned stoa_perms_rights(const stoa_perms_t *perms, const char *room)
     unsigned rights;
     if (!perms)
         return 0;
-    rights = match(perms, room);
     base = stoa_room_sidecar_base(room);
-    if (base && (match(perms, base) & STOA_RIGHT_READ))
+    if (!base)
+        return match(perms, room, false);
+    /* A sidecar: patterns written for sidecars decide; besides, reading the
+     * base room lets one read its sidecar. A general pattern such as "*"
+     * reaches a sidecar only through its base room, so denying a room
+     * denies its sidecar too. */
+    rights = match(perms, room, true);
+    if (match(perms, base, false) & STOA_RIGHT_READ)
         rights |= STOA_RIGHT_READ;
     return rights;
 }

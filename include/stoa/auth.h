@@ -53,7 +53,8 @@ stoa_identity_t *stoa_auth_anonymous(const stoa_auth_t *auth);
  * ES256 only with jwt_private_key_file). */
 bool stoa_auth_can_mint(const stoa_auth_t *auth);
 
-/* Sign a token for id (borrowed) valid for ttl_s seconds from now. Returns
+/* Sign a token for id (borrowed; a NULL color is left out, so verifiers
+ * derive one from sub) valid for ttl_s seconds from now. Returns
  * a string owned by the caller (free()), or NULL with a message in err. */
 char *stoa_auth_mint(const stoa_auth_t *auth, const stoa_identity_t *id, int ttl_s, char *err, size_t errlen);
 

@@ -7,7 +7,9 @@
  * "rw" (read and write: document updates and snapshots) or "" (none).
  * For a room the longest matching pattern decides, an exact name beating
  * any wildcard. The sidecar "eph:<room>" is readable by anyone who can
- * read <room>, whatever the patterns say about the sidecar itself.
+ * read <room>; beyond that only patterns starting with "eph:" apply to
+ * sidecars ("*" reaches a sidecar only through its base room, so denying
+ * a room denies its sidecar).
  */
 #ifndef STOA_PERM_H
 #define STOA_PERM_H

@@ -139,6 +139,19 @@ START_TEST(test_sidecar)
     expect(p, "eph:doc:1", R);
     stoa_perms_free(p);
 
+    /* Denying a room denies its sidecar: "*" does not reach it directly. */
+    p = parse_ok("{\"*\":\"r\",\"doc:secret\":\"\"}");
+    expect(p, "doc:secret", 0);
+    expect(p, "eph:doc:secret", 0);
+    expect(p, "eph:doc:open", R);
+    stoa_perms_free(p);
+
+    /* Sidecar patterns apply to all sidecars. */
+    p = parse_ok("{\"eph:*\":\"r\"}");
+    expect(p, "eph:doc:9", R);
+    expect(p, "doc:9", 0);
+    stoa_perms_free(p);
+
     /* Explicit patterns on the sidecar still grant their own rights. */
     p = parse_ok("{\"eph:doc:5\":\"rw\"}");
     expect(p, "eph:doc:5", RW);
