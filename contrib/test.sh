@@ -15,14 +15,17 @@ failed=0
 log=$(mktemp -d)
 trap 'rm -rf "$log"' EXIT
 
-count_ctest() {   # ctest output -> passed failed
-  local line
-  line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$1" | tail -n 1)
-  if [ -z "$line" ]; then echo "0 1"; return; fi
-  local total fail
-  fail=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/' <<<"$line")
-  total=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\2/' <<<"$line")
-  echo "$((total - fail)) $fail"
+count_ctest() {   # ctest -V output -> passed failed, counting each Check test
+  # Check prints "NN%: Checks: C, Failures: F, Errors: E" per suite; a suite
+  # that crashed prints none, so ctest's own count of failed suites is added.
+  local checks bad suites_failed
+  checks=$(grep -oE 'Checks: [0-9]+' "$1" | awk '{s += $2} END {print s + 0}')
+  bad=$(grep -oE 'Failures: [0-9]+, Errors: [0-9]+' "$1" | awk '{gsub(",", "", $2); s += $2 + $4} END {print s + 0}')
+  suites_failed=$(grep -E 'tests passed, [0-9]+ tests? failed out of' "$1" | tail -n 1 |
+                  sed -E 's/.* ([0-9]+) tests? failed out of.*/\1/')
+  [ -n "$suites_failed" ] || suites_failed=1
+  if [ "$bad" -eq 0 ] && [ "$suites_failed" -gt 0 ]; then bad=$suites_failed; fi
+  echo "$((checks - bad)) $bad"
 }
 
 count_node() {    # node --test output -> passed failed
@@ -44,7 +47,9 @@ build() {   # dir, cmake args...
 
 unit() {   # dir
   echo "== unit tests ($1)"
-  (cd "$1" && ctest --output-on-failure -j"$jobs") | tee "$log/ctest.txt"
+  (cd "$1" && ctest -V -j"$jobs") >"$log/ctest.txt" 2>&1
+  # per-suite counts, failed checks (file:line:F|E:...), and ctest's summary
+  grep -E '^[0-9]+: [0-9]+%: Checks:|:[0-9]+:[FE]:|tests passed|\*\*\*' "$log/ctest.txt"
   add $(count_ctest "$log/ctest.txt")
 }
 
