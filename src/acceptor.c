@@ -63,13 +63,28 @@ static bool header_has_token(const char *line, size_t len, const char *name, con
     return false;
 }
 
+/* The head ends with an empty line ("\n\n" or "\n\r\n"). */
+static bool head_ended(const char *head, size_t len)
+{
+    for (size_t i = 0; i + 1 < len; i++)
+        if (head[i] == '\n' && (head[i + 1] == '\n' || (head[i + 1] == '\r' && i + 2 < len && head[i + 2] == '\n')))
+            return true;
+    return false;
+}
+
 stoa_route_t stoa_acceptor_route(const char *head, size_t len, int complete)
 {
     const char *end = head + len, *eol = find_line_end(head, end), *sp1, *path, *pend;
     size_t plen;
 
+    /* Hand nothing over before the whole head is in: the deadline
+     * (handshake_timeout_ms) covers the head, not only its first line;
+     * libmicrohttpd would otherwise give a trickling client its own,
+     * much longer connection timeout. */
+    if (!complete && !head_ended(head, len))
+        return STOA_ROUTE_MORE;
     if (!eol)
-        return complete ? STOA_ROUTE_HTTP : STOA_ROUTE_MORE;
+        return STOA_ROUTE_HTTP;
     if (len < 4 || memcmp(head, "GET ", 4) != 0)
         return STOA_ROUTE_HTTP;
     sp1 = head + 3;

@@ -1,7 +1,9 @@
 /* access.c - tokens, Origins and identities of incoming requests. */
 #include "stoa/access.h"
 
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -96,4 +98,66 @@ stoa_identity_t *stoa_access_identify(const stoa_auth_t *auth, const stoa_config
     if (!id)
         *code = STOA_ERR_AUTH_FAILED;
     return id;
+}
+
+int stoa_access_parse_seq(const char *text, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+    if (!text || text[0] < '0' || text[0] > '9' || strlen(text) > 20)
+        return -1;
+    errno = 0;
+    v = strtoull(text, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+stoa_err_t stoa_access_connect(stoa_hub_t *hub, const stoa_auth_t *auth, const stoa_config_t *cfg,
+                               const char *token, const char *session_id, const char *last_seq,
+                               const stoa_transport_ops_t *ops, void *transport, void *conn,
+                               stoa_session_t **sess, stoa_msg_t **welcome, char *why, size_t whylen)
+{
+    stoa_identity_t *ident;
+    stoa_err_t code = STOA_OK;
+    uint64_t seq = 0;
+
+    *sess = NULL;
+    *welcome = NULL;
+    if (last_seq && stoa_access_parse_seq(last_seq, &seq) < 0) {
+        snprintf(why, whylen, "last_seq must be a non-negative integer");
+        return STOA_ERR_BAD_MESSAGE;
+    }
+    if (!session_id || !session_id[0]) {
+        ident = stoa_access_identify(auth, cfg, token, &code, why, whylen);
+        if (!ident)
+            return code;
+        *sess = stoa_hub_open(hub, ident, ops, transport, conn, welcome);
+        return STOA_OK;
+    }
+    *sess = stoa_hub_find(hub, session_id);
+    if (!*sess) {
+        snprintf(why, whylen, "no such session (it ended or expired): start a new one");
+        return STOA_ERR_SESSION_NOT_FOUND;
+    }
+    if (token && token[0]) {
+        ident = stoa_auth_verify(auth, token, why, whylen);
+        if (!ident || strcmp(ident->sub, stoa_session_sub(*sess)) != 0) {
+            if (ident)
+                snprintf(why, whylen, "the token names another user than the session's");
+            stoa_identity_free(ident);
+            stoa_session_unref(*sess);
+            *sess = NULL;
+            return STOA_ERR_AUTH_FAILED;
+        }
+        stoa_identity_free(ident);
+    }
+    code = stoa_hub_attach(*sess, ops, transport, conn, last_seq != NULL, seq, welcome);
+    if (code) {
+        snprintf(why, whylen, "no such session (it ended or expired): start a new one");
+        stoa_session_unref(*sess);
+        *sess = NULL;
+    }
+    return code;
 }

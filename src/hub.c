@@ -1,7 +1,8 @@
-/* hub.c - rooms, memberships, presence, relay and per-session queues.
+/* hub.c - rooms, memberships, presence, relay, sessions and their
+ * numbered buffers.
  *
  * Locking: one mutex (hub->lock) guards every room, membership, session
- * queue and json-c object reachable from the hub. Public functions take
+ * buffer and json-c object reachable from the hub. Public functions take
  * it with hub_lock() and release it with hub_unlock(), which also delivers
  * the wakeups collected meanwhile, after the mutex is released.
  */
@@ -40,33 +41,54 @@ struct room {
     UT_hash_handle hh;
 };
 
+/* One numbered message in a session's buffer. */
+typedef struct entry {
+    uint64_t seq;
+    stoa_msg_t *msg;
+    int64_t at_ms;
+} entry_t;
+
 struct stoa_session {
     atomic_uint refs;
     stoa_hub_t *hub;
     char peer[PEER_ID_LEN + 1];
+    char id[STOA_SESSION_ID_LEN + 1];
+    stoa_identity_t *ident;      /* immutable once open */
     /* Everything below is guarded by hub->lock. */
-    stoa_identity_t *ident;
     json_object *user;           /* {"id","name","color","anonymous"} */
-    const stoa_transport_ops_t *ops;
+    const stoa_transport_ops_t *ops;   /* NULL: detached */
     void *transport;
     void *conn;
+    int64_t detached_at_ms;
     bool open;
-    bool overflowed;
     bool wake_queued;
-    stoa_session_t *wake_next;
-    stoa_msg_t **queue;          /* ring of outbound messages */
-    size_t qcap, qhead, qlen, qbytes;
+    entry_t *ring;               /* seqs ring[head].seq ... next_seq - 1, consecutive */
+    size_t cap, head, len, bytes;
+    uint64_t next_seq;           /* the seq the next message gets */
+    uint64_t cursor;             /* last seq handed to the attached connection */
+    uint64_t resync_from, resync_to;   /* the latest resync block, kept until read */
     membership_t *rooms;
     stoa_bucket_t presence_bucket, ephemeral_bucket, join_bucket;
     UT_hash_handle hh;           /* in hub->sessions, keyed by peer */
+    UT_hash_handle hh_id;        /* in hub->by_id, keyed by id */
 };
+
+/* A wakeup collected under the lock, delivered after it. */
+typedef struct wake {
+    const stoa_transport_ops_t *ops;
+    void *transport;
+    void *conn;
+    stoa_session_t *sess;        /* a reference */
+} wake_t;
 
 struct stoa_hub {
     pthread_mutex_t lock;
     const stoa_config_t *cfg;
     room_t *rooms;
     stoa_session_t *sessions;
-    stoa_session_t *wake_head;   /* sessions to wake once the lock is released */
+    stoa_session_t *by_id;
+    wake_t *wakes;
+    size_t nwakes, capwakes;
     json_object *limits;
 };
 
@@ -86,75 +108,114 @@ static void hub_lock(stoa_hub_t *hub)
 
 static void hub_unlock(stoa_hub_t *hub)
 {
-    stoa_session_t *list = hub->wake_head, *next;
-    struct wake { const stoa_transport_ops_t *ops; void *transport; stoa_session_t *sess; };
-    struct wake stack_buf[64], *wakes = stack_buf;
-    size_t n = 0, cap = STOA_ARRAY_LEN(stack_buf);
+    wake_t *wakes = hub->wakes;
+    size_t n = hub->nwakes;
 
-    hub->wake_head = NULL;
-    for (stoa_session_t *s = list; s; s = next) {
-        next = s->wake_next;
-        s->wake_next = NULL;
-        s->wake_queued = false;
-        if (!s->ops) {
-            stoa_session_unref(s);   /* closed meanwhile: only drop the wake list's reference */
-            continue;
-        }
-        if (n == cap) {
-            cap *= 2;
-            wakes = wakes == stack_buf ? memcpy(stoa_xmalloc(cap * sizeof *wakes), stack_buf, sizeof stack_buf)
-                                       : stoa_xrealloc(wakes, cap * sizeof *wakes);
-        }
-        wakes[n++] = (struct wake){s->ops, s->transport, s};
-    }
+    hub->wakes = NULL;
+    hub->nwakes = hub->capwakes = 0;
+    for (size_t i = 0; i < n; i++)
+        wakes[i].sess->wake_queued = false;
     pthread_mutex_unlock(&hub->lock);
     for (size_t i = 0; i < n; i++) {
-        wakes[i].ops->wake(wakes[i].transport, wakes[i].sess);
+        wakes[i].ops->wake(wakes[i].transport, wakes[i].sess, wakes[i].conn);
         stoa_session_unref(wakes[i].sess);
     }
-    if (wakes != stack_buf)
-        free(wakes);
+    free(wakes);
 }
 
+static void add_wake(stoa_hub_t *hub, const stoa_transport_ops_t *ops, void *transport, void *conn,
+                     stoa_session_t *s)
+{
+    if (hub->nwakes == hub->capwakes) {
+        hub->capwakes = hub->capwakes ? hub->capwakes * 2 : 16;
+        hub->wakes = stoa_xrealloc(hub->wakes, hub->capwakes * sizeof *hub->wakes);
+    }
+    hub->wakes[hub->nwakes++] = (wake_t){ops, transport, conn, stoa_session_ref(s)};
+}
+
+/* Wake the attached transport once per locked section. */
 static void schedule_wake(stoa_session_t *s)
 {
     if (s->wake_queued || !s->ops)
         return;
     s->wake_queued = true;
-    stoa_session_ref(s);
-    s->wake_next = s->hub->wake_head;
-    s->hub->wake_head = s;
+    add_wake(s->hub, s->ops, s->transport, s->conn, s);
 }
 
-/* ---- per-session queue ---- */
+/* ---- the numbered buffer ---- */
 
-/* Queue a reference to msg (the caller keeps its own). */
-static void enqueue(stoa_session_t *s, stoa_msg_t *msg)
+static entry_t *entry_at(stoa_session_t *s, size_t i)
+{
+    return &s->ring[(s->head + i) % s->cap];
+}
+
+/* The last seq no longer buffered: the client must have everything up to
+ * it, or get a resync. */
+static uint64_t floor_seq(stoa_session_t *s)
+{
+    return s->len ? entry_at(s, 0)->seq - 1 : s->next_seq - 1;
+}
+
+static void drop_oldest(stoa_session_t *s)
+{
+    entry_t *e = entry_at(s, 0);
+    s->bytes -= stoa_msg_len(e->msg);
+    stoa_msg_unref(e->msg);
+    s->head = (s->head + 1) % s->cap;
+    s->len--;
+}
+
+/* Keep the buffer within its limits, never dropping seqs >= keep_from. */
+/* Keep the buffer within its limits. Never dropped: seqs >= keep_from, a
+ * resync block its reader has not finished (it may be longer than the
+ * limits when the session is in many rooms), and the newest message for
+ * the count and size limits (a single large one must still go out). */
+static void trim(stoa_session_t *s, int64_t now, uint64_t keep_from)
 {
     const stoa_config_t *cfg = s->hub->cfg;
-    size_t len = stoa_msg_len(msg);
-    if (!s->open || s->overflowed)
-        return;
-    if (s->qlen >= (size_t)cfg->max_queue_msgs || s->qbytes + len > (size_t)cfg->max_queue_bytes) {
-        s->overflowed = true;
-        STOA_WARN("peer %s: outbound queue full (%zu messages, %zu bytes): dropping it as too slow",
-                  s->peer, s->qlen, s->qbytes);
-        schedule_wake(s);
-        return;
+    int64_t max_age = (int64_t)cfg->session_buffer_age_s * 1000;
+    while (s->len > 0) {
+        entry_t *e = entry_at(s, 0);
+        bool over = s->len > 1 && (s->len > (size_t)cfg->session_buffer_msgs ||
+                                   s->bytes > (size_t)cfg->session_buffer_bytes);
+        if (e->seq >= keep_from || (e->seq >= s->resync_from && s->cursor < s->resync_to))
+            break;
+        if (!over && now - e->at_ms <= max_age)
+            break;
+        drop_oldest(s);
     }
-    if (s->qlen == s->qcap) {
-        size_t ncap = s->qcap ? s->qcap * 2 : 16;
-        stoa_msg_t **nq = stoa_xmalloc(ncap * sizeof *nq);
-        for (size_t i = 0; i < s->qlen; i++)
-            nq[i] = s->queue[(s->qhead + i) % s->qcap];
-        free(s->queue);
-        s->queue = nq;
-        s->qcap = ncap;
-        s->qhead = 0;
+}
+
+/* Number a reference to msg (the caller keeps its own) into the buffer. */
+static uint64_t append(stoa_session_t *s, stoa_msg_t *msg, int64_t now)
+{
+    entry_t *e;
+    if (s->len == s->cap) {
+        size_t ncap = s->cap ? s->cap * 2 : 16;
+        entry_t *nr = stoa_xmalloc(ncap * sizeof *nr);
+        for (size_t i = 0; i < s->len; i++)
+            nr[i] = *entry_at(s, i);
+        free(s->ring);
+        s->ring = nr;
+        s->cap = ncap;
+        s->head = 0;
     }
-    s->queue[(s->qhead + s->qlen) % s->qcap] = stoa_msg_ref(msg);
-    s->qlen++;
-    s->qbytes += len;
+    e = entry_at(s, s->len);
+    e->seq = s->next_seq++;
+    e->msg = stoa_msg_ref(msg);
+    e->at_ms = now;
+    s->len++;
+    s->bytes += stoa_msg_len(msg);
+    return e->seq;
+}
+
+static void enqueue(stoa_session_t *s, stoa_msg_t *msg)
+{
+    int64_t now = stoa_now_ms();
+    if (!s->open)
+        return;
+    append(s, msg, now);
+    trim(s, now, UINT64_MAX);
     schedule_wake(s);
 }
 
@@ -165,13 +226,13 @@ static void enqueue_owned(stoa_session_t *s, stoa_msg_t *msg)
     stoa_msg_unref(msg);
 }
 
-static void drop_queue(stoa_session_t *s)
+static void drop_buffer(stoa_session_t *s)
 {
-    for (size_t i = 0; i < s->qlen; i++)
-        stoa_msg_unref(s->queue[(s->qhead + i) % s->qcap]);
-    free(s->queue);
-    s->queue = NULL;
-    s->qcap = s->qlen = s->qhead = s->qbytes = 0;
+    while (s->len > 0)
+        drop_oldest(s);
+    free(s->ring);
+    s->ring = NULL;
+    s->cap = s->head = 0;
 }
 
 /* ---- rooms ---- */
@@ -230,6 +291,80 @@ static membership_t *find_membership(stoa_session_t *s, const char *room)
     return m;
 }
 
+/* The client missed messages that are gone: tell it, then give it the
+ * whole state of each of its rooms. Delivery resumes at the resync. */
+static void resync(stoa_session_t *s, const char *reason)
+{
+    int64_t now = stoa_now_ms();
+    json_object *o = json_object_new_object(), *rooms = json_object_new_array();
+    uint64_t first = s->next_seq;
+    stoa_msg_t *msg;
+
+    for (membership_t *m = s->rooms; m; m = m->hh_sess.next)
+        json_object_array_add(rooms, json_object_new_string(m->room->name));
+    json_object_object_add(o, "type", json_object_new_string("resync"));
+    json_object_object_add(o, "seq", json_object_new_int64((int64_t)first));
+    json_object_object_add(o, "reason", json_object_new_string(reason));
+    json_object_object_add(o, "rooms", rooms);
+    msg = stoa_wire_encode(o);
+    json_object_put(o);
+    append(s, msg, now);
+    stoa_msg_unref(msg);
+    for (membership_t *m = s->rooms; m; m = m->hh_sess.next) {
+        json_object *peers = room_peers(m->room);
+        msg = stoa_wire_room_state(m->room->name, peers, NULL);
+        json_object_put(peers);
+        append(s, msg, now);
+        stoa_msg_unref(msg);
+    }
+    s->cursor = first - 1;
+    s->resync_from = first;
+    s->resync_to = s->next_seq - 1;
+    trim(s, now, first);
+    STOA_INFO("peer %s: resync (%s) at seq %llu", s->peer, reason, (unsigned long long)first);
+}
+
+static stoa_msg_t *welcome(stoa_session_t *s, bool resumed)
+{
+    const stoa_config_t *cfg = s->hub->cfg;
+    return stoa_wire_welcome(s->peer, s->id, s->user, s->cursor, resumed, cfg->heartbeat_interval_s,
+                             cfg->heartbeat_timeout_s, s->hub->limits);
+}
+
+static void attach_locked(stoa_session_t *s, const stoa_transport_ops_t *ops, void *transport, void *conn)
+{
+    if (s->ops && s->conn != conn)
+        add_wake(s->hub, s->ops, s->transport, s->conn, s);   /* the superseded connection finds out */
+    s->ops = ops;
+    s->transport = transport;
+    s->conn = conn;
+    s->detached_at_ms = ops ? 0 : stoa_now_ms();
+    s->wake_queued = false;
+    if (ops && s->cursor + 1 < s->next_seq)
+        schedule_wake(s);
+}
+
+static void close_locked(stoa_session_t *s, stoa_left_reason_t reason)
+{
+    stoa_hub_t *hub = s->hub;
+    membership_t *m, *tmp;
+    if (!s->open)
+        return;
+    HASH_ITER(hh_sess, s->rooms, m, tmp)
+        remove_membership(hub, m, reason);
+    if (s->ops)
+        add_wake(hub, s->ops, s->transport, s->conn, s);   /* its connection finds the session gone */
+    s->open = false;
+    s->ops = NULL;
+    s->transport = NULL;
+    s->conn = NULL;
+    drop_buffer(s);
+    HASH_DEL(hub->sessions, s);
+    HASH_DELETE(hh_id, hub->by_id, s);
+    STOA_DEBUG("peer %s closed (%s)", s->peer, stoa_left_reason_name(reason));
+    stoa_session_unref(s);   /* the hub's reference; the caller still holds one */
+}
+
 /* ---- hub ---- */
 
 stoa_hub_t *stoa_hub_new(const stoa_config_t *cfg)
@@ -251,19 +386,24 @@ void stoa_hub_free(stoa_hub_t *hub)
     stoa_session_t *s, *tmp;
     if (!hub)
         return;
+    hub_lock(hub);
     /* Detach every transport first: closing one session tells the others,
      * which must not wake transports that are gone. */
     HASH_ITER(hh, hub->sessions, s, tmp)
         s->ops = NULL;
-    HASH_ITER(hh, hub->sessions, s, tmp)
-        stoa_hub_close(s, STOA_LEFT_DISCONNECT);
+    HASH_ITER(hh, hub->sessions, s, tmp) {
+        stoa_session_ref(s);
+        close_locked(s, STOA_LEFT_DISCONNECT);
+        stoa_session_unref(s);
+    }
+    hub_unlock(hub);
     json_object_put(hub->limits);
     pthread_mutex_destroy(&hub->lock);
     free(hub);
 }
 
 stoa_session_t *stoa_hub_open(stoa_hub_t *hub, stoa_identity_t *ident, const stoa_transport_ops_t *ops,
-                              void *transport, void *conn)
+                              void *transport, void *conn, stoa_msg_t **welcome_out)
 {
     const stoa_config_t *cfg = hub->cfg;
     stoa_session_t *s = stoa_xcalloc(1, sizeof *s), *dup;
@@ -273,13 +413,12 @@ stoa_session_t *stoa_hub_open(stoa_hub_t *hub, stoa_identity_t *ident, const sto
     s->hub = hub;
     s->ident = ident;
     s->user = stoa_identity_user_json(ident);
-    s->ops = ops;
-    s->transport = transport;
-    s->conn = conn;
     s->open = true;
+    s->next_seq = 1;
     stoa_bucket_init(&s->presence_bucket, cfg->presence_rate, cfg->presence_burst, now);
     stoa_bucket_init(&s->ephemeral_bucket, cfg->ephemeral_per_min / 60.0, cfg->ephemeral_burst, now);
     stoa_bucket_init(&s->join_bucket, cfg->join_rate, cfg->join_burst, now);
+    stoa_random_id(s->id, STOA_SESSION_ID_LEN);   /* 165 bits: a bearer secret */
 
     hub_lock(hub);
     do {   /* 36^12 ids: a collision is unlikely, but cheap to rule out */
@@ -287,34 +426,81 @@ stoa_session_t *stoa_hub_open(stoa_hub_t *hub, stoa_identity_t *ident, const sto
         HASH_FIND_STR(hub->sessions, s->peer, dup);
     } while (dup);
     HASH_ADD_STR(hub->sessions, peer, s);
-    enqueue_owned(s, stoa_wire_welcome(s->peer, s->user, cfg->heartbeat_interval_s, cfg->heartbeat_timeout_s,
-                                       hub->limits));
+    HASH_ADD(hh_id, hub->by_id, id, STOA_SESSION_ID_LEN, s);
+    attach_locked(s, ops, transport, conn);
+    if (welcome_out)
+        *welcome_out = welcome(s, false);
     hub_unlock(hub);
-    STOA_DEBUG("peer %s opened over %s (user %s)", s->peer, ops ? ops->name : "-", ident->sub);
+    STOA_DEBUG("peer %s opened over %s (user %s)", s->peer, ops ? ops->name : "nothing yet", ident->sub);
     return s;
+}
+
+stoa_session_t *stoa_hub_find(stoa_hub_t *hub, const char *session_id)
+{
+    stoa_session_t *s = NULL;
+    if (!session_id || strlen(session_id) != STOA_SESSION_ID_LEN)
+        return NULL;
+    hub_lock(hub);
+    HASH_FIND(hh_id, hub->by_id, session_id, STOA_SESSION_ID_LEN, s);
+    if (s)
+        stoa_session_ref(s);
+    hub_unlock(hub);
+    return s;
+}
+
+stoa_err_t stoa_hub_attach(stoa_session_t *s, const stoa_transport_ops_t *ops, void *transport, void *conn,
+                           bool has_last_seq, uint64_t last_seq, stoa_msg_t **welcome_out)
+{
+    stoa_hub_t *hub = s->hub;
+    hub_lock(hub);
+    if (!s->open) {
+        hub_unlock(hub);
+        return STOA_ERR_SESSION_NOT_FOUND;
+    }
+    if (has_last_seq) {
+        if (last_seq > s->cursor)
+            resync(s, "unknown_seq");      /* the client claims what it was never sent */
+        else if (last_seq < floor_seq(s))
+            resync(s, "gap");              /* what it missed is no longer buffered */
+        else {
+            s->cursor = last_seq;
+            while (s->len > 0 && entry_at(s, 0)->seq <= last_seq)
+                drop_oldest(s);            /* it has those */
+        }
+    } else if (s->cursor < floor_seq(s)) {
+        /* The buffer overflowed while detached: resync now, so that the
+         * welcome's seq is the one before the next message. */
+        resync(s, "gap");
+    }
+    attach_locked(s, ops, transport, conn);
+    if (welcome_out)
+        *welcome_out = welcome(s, true);
+    hub_unlock(hub);
+    STOA_DEBUG("peer %s attached over %s after seq %llu", s->peer, ops->name, (unsigned long long)s->cursor);
+    return STOA_OK;
+}
+
+void stoa_hub_detach(stoa_session_t *s, void *conn, bool end)
+{
+    stoa_hub_t *hub = s->hub;
+    hub_lock(hub);
+    if (s->open && s->conn == conn && s->ops) {
+        /* The detaching connection needs no wakeup: forget it first. */
+        s->ops = NULL;
+        s->transport = s->conn = NULL;
+        if (end)
+            close_locked(s, STOA_LEFT_DISCONNECT);
+        else
+            attach_locked(s, NULL, NULL, NULL);
+    }
+    hub_unlock(hub);
 }
 
 void stoa_hub_close(stoa_session_t *s, stoa_left_reason_t reason)
 {
-    stoa_hub_t *hub = s->hub;
-    membership_t *m, *tmp;
-
-    hub_lock(hub);
-    if (!s->open) {
-        hub_unlock(hub);
-        return;
-    }
-    HASH_ITER(hh_sess, s->rooms, m, tmp)
-        remove_membership(hub, m, reason);
-    s->open = false;
-    s->ops = NULL;
-    s->transport = NULL;
-    s->conn = NULL;
-    drop_queue(s);
-    HASH_DEL(hub->sessions, s);
-    hub_unlock(hub);
-    STOA_DEBUG("peer %s closed (%s)", s->peer, stoa_left_reason_name(reason));
-    stoa_session_unref(s);   /* the hub's reference */
+    hub_lock(s->hub);
+    close_locked(s, reason);
+    hub_unlock(s->hub);
 }
 
 stoa_session_t *stoa_session_ref(stoa_session_t *s)
@@ -329,7 +515,7 @@ void stoa_session_unref(stoa_session_t *s)
         return;
     /* Last reference: the session is closed (the hub held one until then),
      * so nothing else can reach these fields. */
-    drop_queue(s);
+    drop_buffer(s);
     json_object_put(s->user);
     stoa_identity_free(s->ident);
     free(s);
@@ -338,6 +524,16 @@ void stoa_session_unref(stoa_session_t *s)
 const char *stoa_session_peer(const stoa_session_t *s)
 {
     return s->peer;
+}
+
+const char *stoa_session_id(const stoa_session_t *s)
+{
+    return s->id;
+}
+
+const char *stoa_session_sub(const stoa_session_t *s)
+{
+    return s->ident->sub;
 }
 
 stoa_hub_t *stoa_session_hub(const stoa_session_t *s)
@@ -352,36 +548,44 @@ void stoa_hub_send(stoa_session_t *s, stoa_msg_t *msg)
     hub_unlock(s->hub);
 }
 
-stoa_msg_t *stoa_session_pop(stoa_session_t *s)
+stoa_msg_t *stoa_session_next(stoa_session_t *s, void *conn, uint64_t *seq, bool *gone)
 {
     stoa_msg_t *msg = NULL;
-    pthread_mutex_lock(&s->hub->lock);
-    if (s->qlen > 0) {
-        msg = s->queue[s->qhead];
-        s->qhead = (s->qhead + 1) % s->qcap;
-        s->qlen--;
-        s->qbytes -= stoa_msg_len(msg);
+    hub_lock(s->hub);
+    if (gone)
+        *gone = !s->open || !s->ops || s->conn != conn;
+    if (s->open && s->ops && s->conn == conn) {
+        if (s->cursor < floor_seq(s))
+            resync(s, "gap");   /* this connection fell behind the buffer */
+        if (s->cursor + 1 < s->next_seq) {
+            entry_t *e = entry_at(s, (size_t)(s->cursor + 1 - entry_at(s, 0)->seq));
+            msg = stoa_msg_ref(e->msg);
+            s->cursor = e->seq;
+            if (seq)
+                *seq = e->seq;
+        }
     }
-    pthread_mutex_unlock(&s->hub->lock);
+    hub_unlock(s->hub);
     return msg;
 }
 
-stoa_err_t stoa_session_close_reason(stoa_session_t *s)
+void stoa_session_ack(stoa_session_t *s, uint64_t seq)
 {
-    stoa_err_t r;
-    pthread_mutex_lock(&s->hub->lock);
-    r = s->overflowed ? STOA_ERR_SLOW_CONSUMER : STOA_OK;
-    pthread_mutex_unlock(&s->hub->lock);
-    return r;
+    hub_lock(s->hub);
+    if (seq > s->cursor)
+        seq = s->cursor;
+    while (s->len > 0 && entry_at(s, 0)->seq <= seq)
+        drop_oldest(s);
+    hub_unlock(s->hub);
 }
 
 void *stoa_session_conn(stoa_session_t *s, const stoa_transport_ops_t *ops)
 {
     void *t = NULL;
-    pthread_mutex_lock(&s->hub->lock);
+    hub_lock(s->hub);
     if (s->open && s->ops == ops)
         t = s->conn;
-    pthread_mutex_unlock(&s->hub->lock);
+    hub_unlock(s->hub);
     return t;
 }
 
@@ -587,9 +791,11 @@ out:
 
 void stoa_hub_tick(stoa_hub_t *hub, int64_t now_ms)
 {
-    int64_t limit = (int64_t)hub->cfg->heartbeat_timeout_s * 1000;
+    const stoa_config_t *cfg = hub->cfg;
+    int64_t limit = (int64_t)cfg->heartbeat_timeout_s * 1000;
     room_t *room, *rtmp;
     membership_t *m, *mtmp;
+    stoa_session_t *s, *stmp;
 
     hub_lock(hub);
     HASH_ITER(hh, hub->rooms, room, rtmp) {
@@ -601,6 +807,15 @@ void stoa_hub_tick(stoa_hub_t *hub, int64_t now_ms)
                  * read the next pointers, so both loops stay valid. */
                 remove_membership(hub, m, STOA_LEFT_TIMEOUT);
             }
+        }
+    }
+    HASH_ITER(hh, hub->sessions, s, stmp) {
+        if (!s->ops && now_ms - s->detached_at_ms > cfg->session_grace_ms) {
+            STOA_INFO("peer %s: no connection for %lld ms: closing its session", s->peer,
+                      (long long)(now_ms - s->detached_at_ms));
+            close_locked(s, STOA_LEFT_DISCONNECT);
+        } else {
+            trim(s, now_ms, UINT64_MAX);
         }
     }
     hub_unlock(hub);

@@ -38,12 +38,16 @@ static stoa_msg_t *finish(json_object *o)
     return m;
 }
 
-stoa_msg_t *stoa_wire_welcome(const char *peer, json_object *user, int heartbeat_interval_s,
-                              int heartbeat_timeout_s, json_object *limits)
+stoa_msg_t *stoa_wire_welcome(const char *peer, const char *session, json_object *user, uint64_t seq,
+                              bool resumed, int heartbeat_interval_s, int heartbeat_timeout_s,
+                              json_object *limits)
 {
     json_object *o = start("welcome");
     add_str(o, "peer", peer);
+    add_str(o, "session", session);
     add_ref(o, "user", user);
+    json_object_object_add(o, "seq", json_object_new_int64((int64_t)seq));
+    json_object_object_add(o, "resumed", json_object_new_boolean(resumed));
     json_object_object_add(o, "heartbeat_interval", json_object_new_int(heartbeat_interval_s));
     json_object_object_add(o, "heartbeat_timeout", json_object_new_int(heartbeat_timeout_s));
     if (limits)

@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
+#include <uthash.h>
 
 _Static_assert(LWS_PRE <= STOA_MSG_HEADROOM, "message headroom must fit the WebSocket frame header");
 
@@ -27,11 +28,20 @@ typedef struct conn {
     char *rx;                 /* reassembly of a fragmented message */
     size_t rxlen, rxcap;
     bool rx_too_big, rx_binary;
+    stoa_msg_t *hello;        /* the welcome, sent before the session's messages */
     stoa_msg_t *last_words;   /* sent before closing when there is no session */
     int close_code;
+    bool peer_closed;         /* the client sent a close frame: it is leaving */
     bool going_away;          /* shutting down: send a notice, then close 1001 */
-    struct conn *prev, *next; /* ws->conns, for shutdown */
+    struct conn *self;        /* key of ws->conns */
+    UT_hash_handle hh;        /* in ws->conns: the live connections */
 } conn_t;
+
+/* A wakeup handed over from another thread. */
+typedef struct pending_wake {
+    stoa_session_t *sess;     /* a reference */
+    conn_t *conn;             /* may be gone: looked up in ws->conns first */
+} pending_wake_t;
 
 struct stoa_ws {
     const stoa_config_t *cfg;
@@ -47,11 +57,11 @@ struct stoa_ws {
     pthread_mutex_t mu;       /* guards the two queues */
     int *adopt_q;
     size_t nadopt, capadopt;
-    stoa_session_t **wake_q;
+    pending_wake_t *wake_q;
     size_t nwake, capwake;
 };
 
-static void ws_wake(void *transport, stoa_session_t *sess);
+static void ws_wake(void *transport, stoa_session_t *sess, void *conn);
 
 static const stoa_transport_ops_t ws_ops = {
     .name = "websocket",
@@ -59,7 +69,7 @@ static const stoa_transport_ops_t ws_ops = {
 };
 
 /* Any thread: queue the session and wake the service thread. */
-static void ws_wake(void *transport, stoa_session_t *sess)
+static void ws_wake(void *transport, stoa_session_t *sess, void *conn)
 {
     stoa_ws_t *ws = transport;
     pthread_mutex_lock(&ws->mu);
@@ -67,7 +77,7 @@ static void ws_wake(void *transport, stoa_session_t *sess)
         ws->capwake = ws->capwake ? ws->capwake * 2 : 64;
         ws->wake_q = stoa_xrealloc(ws->wake_q, ws->capwake * sizeof *ws->wake_q);
     }
-    ws->wake_q[ws->nwake++] = stoa_session_ref(sess);
+    ws->wake_q[ws->nwake++] = (pending_wake_t){stoa_session_ref(sess), conn};
     pthread_mutex_unlock(&ws->mu);
     /* Once stopping, the context is being destroyed on this very thread
      * (stoa_ws_free); the queue is then dropped there. */
@@ -96,7 +106,7 @@ int stoa_ws_connections(stoa_ws_t *ws)
 static void drain_queues(stoa_ws_t *ws)
 {
     int *fds;
-    stoa_session_t **wakes;
+    pending_wake_t *wakes;
     size_t nfds, nwakes;
 
     pthread_mutex_lock(&ws->mu);
@@ -114,10 +124,11 @@ static void drain_queues(stoa_ws_t *ws)
         if (!lws_adopt_socket_vhost(ws->vh, fds[i]))   /* closes the fd on failure */
             STOA_WARN("websocket: could not adopt a connection");
     for (size_t i = 0; i < nwakes; i++) {
-        conn_t *c = stoa_session_conn(wakes[i], &ws_ops);
-        if (c)
+        conn_t *c;
+        HASH_FIND_PTR(ws->conns, &wakes[i].conn, c);
+        if (c)   /* still open: it learns from stoa_session_next what happened */
             lws_callback_on_writable(c->wsi);
-        stoa_session_unref(wakes[i]);
+        stoa_session_unref(wakes[i].sess);
     }
     free(fds);
     free(wakes);
@@ -155,35 +166,53 @@ static bool origin_ok(stoa_ws_t *ws, struct lws *wsi)
     return ok;
 }
 
+/* The value of URL argument `name` (given with its '=') copied into out,
+ * or NULL when absent or longer than outlen - 1. lws stops searching at
+ * the first argument that does not fit its buffer, so search with one
+ * large enough for any (a token). */
+static const char *url_arg(struct lws *wsi, const char *name, char *out, size_t outlen)
+{
+    static __thread char scratch[STOA_TOKEN_MAX + 64];
+    const char *v = lws_get_urlarg_by_name(wsi, name, scratch, (int)sizeof scratch);
+    if (!v || strlen(v) >= outlen)
+        return NULL;
+    memcpy(out, v, strlen(v) + 1);
+    return out;
+}
+
 static void on_established(stoa_ws_t *ws, conn_t *c, struct lws *wsi)
 {
     char *qbuf = stoa_xmalloc(STOA_TOKEN_MAX + 16), *cookie_buf = stoa_xmalloc(STOA_TOKEN_MAX + 1);
     char *authz = header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION), *cookie = header(wsi, WSI_TOKEN_HTTP_COOKIE);
-    const char *qtoken = lws_get_urlarg_by_name(wsi, "token=", qbuf, STOA_TOKEN_MAX + 16);
+    char sid_buf[STOA_SESSION_ID_LEN + 16], seq_buf[40];
+    const char *qtoken = url_arg(wsi, "token=", qbuf, STOA_TOKEN_MAX + 16);
+    const char *sid = url_arg(wsi, "session=", sid_buf, sizeof sid_buf);
+    const char *last_seq = url_arg(wsi, "last_seq=", seq_buf, sizeof seq_buf);
     const char *token;
-    stoa_identity_t *ident;
-    stoa_err_t code = STOA_OK;
+    stoa_err_t code;
     char why[256];
 
     memset(c, 0, sizeof *c);
     c->ws = ws;
     c->wsi = wsi;
-    c->next = ws->conns;
-    if (ws->conns)
-        ws->conns->prev = c;
-    ws->conns = c;
+    c->self = c;
+    HASH_ADD_PTR(ws->conns, self, c);
     if (atomic_fetch_add(&ws->nconn, 1) >= ws->cfg->max_connections) {
         close_with(c, STOA_ERR_SERVER_FULL, "too many connections; try again later", STOA_WS_CLOSE_TRY_LATER);
         goto out;
     }
     token = stoa_access_token(qtoken, authz, cookie, ws->cfg->token_cookie, cookie_buf, STOA_TOKEN_MAX + 1);
-    ident = stoa_access_identify(ws->auth, ws->cfg, token, &code, why, sizeof why);
-    if (!ident) {
-        STOA_INFO("websocket: authentication failed: %s", why);
-        close_with(c, code, why, STOA_WS_CLOSE_AUTH_FAILED);
+    code = stoa_access_connect(ws->hub, ws->auth, ws->cfg, token, sid, last_seq, &ws_ops, ws, c, &c->sess,
+                               &c->hello, why, sizeof why);
+    if (code) {
+        STOA_INFO("websocket: refused: %s", why);
+        close_with(c, code, why,
+                   code == STOA_ERR_AUTH_FAILED ? STOA_WS_CLOSE_AUTH_FAILED
+                   : code == STOA_ERR_SESSION_NOT_FOUND ? STOA_WS_CLOSE_SESSION_NOT_FOUND
+                                                        : STOA_WS_CLOSE_POLICY);
         goto out;
     }
-    c->sess = stoa_hub_open(ws->hub, ident, &ws_ops, ws, c);
+    lws_callback_on_writable(wsi);
 out:
     free(qbuf);
     free(cookie_buf);
@@ -240,6 +269,7 @@ static int write_msg(struct lws *wsi, stoa_msg_t *msg)
 static int on_writable(conn_t *c, struct lws *wsi)
 {
     stoa_msg_t *msg;
+    bool gone;
     if (c->last_words) {
         msg = c->last_words;
         c->last_words = NULL;
@@ -249,14 +279,19 @@ static int on_writable(conn_t *c, struct lws *wsi)
     }
     if (!c->sess)
         return 0;
-    if (stoa_session_close_reason(c->sess) == STOA_ERR_SLOW_CONSUMER) {
-        static const char why[] = "SLOW_CONSUMER";
-        lws_close_reason(wsi, (enum lws_close_status)STOA_WS_CLOSE_SLOW_CONSUMER, (unsigned char *)why,
-                         sizeof why - 1);
-        return -1;
+    if (c->hello) {
+        msg = c->hello;
+        c->hello = NULL;
+    } else {
+        msg = stoa_session_next(c->sess, c, NULL, &gone);
     }
-    msg = stoa_session_pop(c->sess);
     if (!msg) {
+        if (gone) {   /* another connection took the session over, or it ended */
+            static const char why[] = "SUPERSEDED";
+            lws_close_reason(wsi, (enum lws_close_status)STOA_WS_CLOSE_SUPERSEDED, (unsigned char *)why,
+                             sizeof why - 1);
+            return -1;
+        }
         if (c->going_away) {
             lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, NULL, 0);
             return -1;
@@ -273,19 +308,17 @@ static void on_closed(stoa_ws_t *ws, conn_t *c)
 {
     if (!c->ws)
         return;   /* never established */
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        ws->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    HASH_DEL(ws->conns, c);
     if (c->sess) {
-        stoa_hub_close(c->sess, STOA_LEFT_DISCONNECT);
+        /* A client that said goodbye (close frame) ends its session; one
+         * that vanished may come back within session_grace_ms. */
+        stoa_hub_detach(c->sess, c, c->peer_closed);
         stoa_session_unref(c->sess);
         c->sess = NULL;
     }
+    stoa_msg_unref(c->hello);
     stoa_msg_unref(c->last_words);
-    c->last_words = NULL;
+    c->hello = c->last_words = NULL;
     free(c->rx);
     c->rx = NULL;
     c->ws = NULL;
@@ -308,6 +341,9 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         break;
     case LWS_CALLBACK_RECEIVE:
         on_receive(ws, c, wsi, in, len);
+        break;
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        c->peer_closed = true;
         break;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return on_writable(c, wsi);
@@ -339,7 +375,7 @@ static void lws_logger(int level, const char *line)
 static void say_goodbye(stoa_ws_t *ws)
 {
     int64_t deadline = stoa_now_ms() + ws->cfg->shutdown_timeout_ms;
-    for (conn_t *c = ws->conns; c; c = c->next) {
+    for (conn_t *c = ws->conns; c; c = c->hh.next) {
         if (c->sess) {
             /* The notice goes out in turn, after what was queued before it. */
             stoa_hub_send(c->sess, stoa_wire_notice("warn", "the server is shutting down"));
@@ -427,7 +463,7 @@ void stoa_ws_free(stoa_ws_t *ws)
     for (size_t i = 0; i < ws->nadopt; i++)
         close(ws->adopt_q[i]);
     for (size_t i = 0; i < ws->nwake; i++)
-        stoa_session_unref(ws->wake_q[i]);
+        stoa_session_unref(ws->wake_q[i].sess);
     free(ws->adopt_q);
     free(ws->wake_q);
     pthread_mutex_destroy(&ws->mu);

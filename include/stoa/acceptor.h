@@ -4,8 +4,8 @@
  * peeks at each request head without consuming it (MSG_PEEK) under a
  * deadline, and hands the socket to libwebsockets (a GET of /v1/ws with
  * "Upgrade: websocket") or to libmicrohttpd (everything else). A
- * connection that sends no complete request line before the deadline is
- * closed.
+ * connection that sends no complete request head (request line and
+ * headers, up to the empty line) before the deadline is closed.
  */
 #ifndef STOA_ACCEPTOR_H
 #define STOA_ACCEPTOR_H
@@ -22,7 +22,8 @@ typedef enum {
 } stoa_route_t;
 
 /* Decide where a request head goes from its first len bytes; `complete`
- * says no more bytes will come (buffer full or peer done). Pure; for tests. */
+ * says no more bytes will come (buffer full or peer done). STOA_ROUTE_MORE
+ * until the head's empty line is in, unless complete. Pure; for tests. */
 stoa_route_t stoa_acceptor_route(const char *head, size_t len, int complete);
 
 /* Receives an accepted socket (ownership passes) on the acceptor thread. */

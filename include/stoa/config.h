@@ -46,8 +46,10 @@ typedef struct stoa_config {
     int max_rooms_per_conn;
     int max_peers_per_room;
     int max_connections;
-    int max_queue_msgs;
-    int max_queue_bytes;
+    int session_buffer_msgs;
+    int session_buffer_bytes;
+    int session_buffer_age_s;
+    int session_grace_ms;
     double presence_rate;       /* per second */
     int presence_burst;
     double ephemeral_per_min;

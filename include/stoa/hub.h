@@ -1,14 +1,24 @@
-/* hub.h - rooms, peers, presence and relay, independent of any transport.
+/* hub.h - rooms, peers, presence, relay and sessions, independent of any
+ * transport.
  *
  * Every transport (WebSocket, SSE, long-poll, the cross-instance bus) is
- * an adapter that opens a session here, feeds it client messages through
- * proto.h, and drains its outbound queue. The hub holds one mutex; no
- * function here does I/O, and the lock is never held while a transport is
- * woken: wakeups are collected under the lock and delivered after it is
- * released, through the transport's ops->wake.
+ * an adapter: it attaches to a session, feeds it client messages through
+ * proto.h, and reads the session's numbered outbound messages. The hub
+ * holds one mutex; no function here does I/O, and the lock is never held
+ * while a transport is woken: wakeups are collected under the lock and
+ * delivered after it is released, through the transport's ops->wake.
  *
- * Sessions are reference counted. stoa_hub_open returns one reference to
- * the caller (the transport); the hub keeps its own until stoa_hub_close.
+ * A session outlives its connections. Everything the server sends on it
+ * gets the next sequence number (1, 2, 3...) and stays in a bounded buffer
+ * (session_buffer_msgs, _bytes, _age_s) so that a client resuming after
+ * seq N gets exactly N+1, N+2... in order. When what it missed is no longer
+ * buffered, it gets a `resync` and a fresh `room_state` per room instead.
+ * A session with no transport for session_grace_ms is closed (its peers
+ * leave with reason "disconnect").
+ *
+ * Sessions are reference counted. stoa_hub_open and stoa_hub_find return
+ * one reference to the caller; the hub keeps its own until the session
+ * is closed.
  */
 #ifndef STOA_HUB_H
 #define STOA_HUB_H
@@ -23,6 +33,8 @@
 #include "stoa/error.h"
 #include "stoa/msg.h"
 
+#define STOA_SESSION_ID_LEN 32
+
 typedef struct stoa_hub stoa_hub_t;
 typedef struct stoa_session stoa_session_t;
 
@@ -36,10 +48,13 @@ const char *stoa_left_reason_name(stoa_left_reason_t reason);
 
 typedef struct stoa_transport_ops {
     const char *name;
-    /* The session has outbound messages, or must be closed. Called from
-     * any thread with no hub lock held; must not block and must not call
-     * back into the hub. */
-    void (*wake)(void *transport, stoa_session_t *sess);
+    /* The session has new messages for `conn`, or `conn` must stop
+     * (superseded by another connection, or the session ended). `conn` is
+     * the connection attached when the wakeup was collected: it may be gone
+     * by now, so the adapter must check it is one of its live connections
+     * before touching it. Called from any thread with no hub lock held;
+     * must not block and must not call back into the hub. */
+    void (*wake)(void *transport, stoa_session_t *sess, void *conn);
 } stoa_transport_ops_t;
 
 /* cfg is borrowed and must outlive the hub. */
@@ -48,22 +63,45 @@ stoa_hub_t *stoa_hub_new(const stoa_config_t *cfg);
  * must be gone). */
 void stoa_hub_free(stoa_hub_t *hub);
 
-/* Open a session for ident (ownership taken) attached to a transport:
- * `transport` is the adapter instance handed to ops->wake (it must outlive
- * the hub's use of it), `conn` the adapter's per-connection object, read
- * back with stoa_session_conn. Queues the `welcome` message. Returns a
- * session with one reference owned by the caller. */
+/* Open a session for ident (ownership taken). When ops is not NULL the
+ * session is attached at once to that transport: `transport` is the
+ * adapter instance handed to ops->wake (it must outlive the hub's use of
+ * it), `conn` the adapter's per-connection object. Otherwise it starts
+ * detached (its grace period runs). *welcome (if not NULL) receives the
+ * `welcome` message to send first (a reference owned by the caller; it is
+ * not numbered). Returns a session with one reference owned by the caller. */
 stoa_session_t *stoa_hub_open(stoa_hub_t *hub, stoa_identity_t *ident, const stoa_transport_ops_t *ops,
-                              void *transport, void *conn);
-/* The session's transport is gone: leave every room with `reason`, drop
- * queued messages and the hub's reference. Idempotent. The caller's own
- * reference stays valid until stoa_session_unref. */
+                              void *transport, void *conn, stoa_msg_t **welcome);
+/* The session with this id, with a reference owned by the caller, or NULL
+ * when there is none (never was, closed, or expired). */
+stoa_session_t *stoa_hub_find(stoa_hub_t *hub, const char *session_id);
+/* Attach a transport connection, replacing (and waking) whichever was
+ * attached. With has_last_seq, the client says it has everything up to
+ * last_seq: delivery resumes after it, or, when that is no longer
+ * buffered (or not a seq this session handed out), with a `resync`. Without it,
+ * delivery continues where the session's cursor stands. *welcome receives
+ * the `welcome` (resumed: true) to send first (if not NULL), a reference
+ * owned by the caller. Returns STOA_OK, or STOA_ERR_SESSION_NOT_FOUND if the session
+ * is closed. */
+stoa_err_t stoa_hub_attach(stoa_session_t *sess, const stoa_transport_ops_t *ops, void *transport, void *conn,
+                           bool has_last_seq, uint64_t last_seq, stoa_msg_t **welcome);
+/* conn's transport is gone. If conn is still the session's connection the
+ * session is detached: with `end` it is closed at once (the client said
+ * goodbye), otherwise its grace period starts. No-op for a connection that
+ * was superseded. */
+void stoa_hub_detach(stoa_session_t *sess, void *conn, bool end);
+/* Close the session: leave every room with `reason`, drop its buffer and
+ * the hub's reference. Idempotent. The caller's own reference stays valid
+ * until stoa_session_unref. */
 void stoa_hub_close(stoa_session_t *sess, stoa_left_reason_t reason);
 
 stoa_session_t *stoa_session_ref(stoa_session_t *sess);
 void stoa_session_unref(stoa_session_t *sess);
-/* The public peer id (immutable). */
+/* The public peer id, and the secret session id (both immutable). */
 const char *stoa_session_peer(const stoa_session_t *sess);
+const char *stoa_session_id(const stoa_session_t *sess);
+/* The user id (sub) of the session's identity (immutable). */
+const char *stoa_session_sub(const stoa_session_t *sess);
 stoa_hub_t *stoa_session_hub(const stoa_session_t *sess);
 
 /* Client operations. Each returns STOA_OK, having queued its replies
@@ -83,18 +121,21 @@ stoa_err_t stoa_hub_ephemeral(stoa_session_t *sess, const char *room, json_objec
 /* Queue msg (ownership of the reference taken) for this session only. */
 void stoa_hub_send(stoa_session_t *sess, stoa_msg_t *msg);
 
-/* Outbound side, for the session's transport. The next queued message (a
- * reference owned by the caller), or NULL when the queue is empty. */
-stoa_msg_t *stoa_session_pop(stoa_session_t *sess);
-/* STOA_OK, or the reason the hub wants the transport to close the
- * session now (STOA_ERR_SLOW_CONSUMER when its queue overflowed). */
-stoa_err_t stoa_session_close_reason(stoa_session_t *sess);
+/* Outbound side, for the attached connection `conn`: the next message
+ * after the delivery cursor (a reference owned by the caller) with its
+ * seq in *seq (if not NULL), advancing the cursor; NULL when there is
+ * nothing more, or when conn is not (or no longer) the session's
+ * connection, which *gone (if not NULL) then reports. */
+stoa_msg_t *stoa_session_next(stoa_session_t *sess, void *conn, uint64_t *seq, bool *gone);
+/* The client has everything up to seq: the buffer may drop it. */
+void stoa_session_ack(stoa_session_t *sess, uint64_t seq);
 /* The per-connection object the session is attached to, if it is attached
- * to a transport with these ops; NULL once closed. */
+ * to a transport with these ops; NULL when detached or closed. */
 void *stoa_session_conn(stoa_session_t *sess, const stoa_transport_ops_t *ops);
 
-/* Evict peers silent for longer than heartbeat_timeout_s. Call about once
- * a second from any thread. */
+/* Evict peers silent for longer than heartbeat_timeout_s, close sessions
+ * detached for longer than session_grace_ms, drop buffered messages older
+ * than session_buffer_age_s. Call about every 250 ms from any thread. */
 void stoa_hub_tick(stoa_hub_t *hub, int64_t now_ms);
 
 /* {"room":..., "peers":[{"peer","user","state"}...]} as JSON text owned by

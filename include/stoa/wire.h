@@ -11,12 +11,16 @@
 #define STOA_WIRE_H
 
 #include <json-c/json.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 #include "stoa/error.h"
 #include "stoa/msg.h"
 
-stoa_msg_t *stoa_wire_welcome(const char *peer, json_object *user, int heartbeat_interval_s,
-                              int heartbeat_timeout_s, json_object *limits);
+/* seq: the last seq sent before this welcome; the next message is seq + 1. */
+stoa_msg_t *stoa_wire_welcome(const char *peer, const char *session, json_object *user, uint64_t seq,
+                              bool resumed, int heartbeat_interval_s, int heartbeat_timeout_s,
+                              json_object *limits);
 stoa_msg_t *stoa_wire_room_state(const char *room, json_object *peers, json_object *id);
 stoa_msg_t *stoa_wire_peer_joined(const char *room, const char *peer, json_object *user, json_object *state);
 stoa_msg_t *stoa_wire_presence(const char *room, const char *peer, json_object *state);

@@ -19,8 +19,10 @@ typedef struct stoa_ws stoa_ws_t;
  * docs/protocol.md). */
 #define STOA_WS_CLOSE_GOING_AWAY 1001
 #define STOA_WS_CLOSE_TRY_LATER 1013
+#define STOA_WS_CLOSE_POLICY 1008
 #define STOA_WS_CLOSE_AUTH_FAILED 4001
-#define STOA_WS_CLOSE_SLOW_CONSUMER 4008
+#define STOA_WS_CLOSE_SESSION_NOT_FOUND 4004
+#define STOA_WS_CLOSE_SUPERSEDED 4009
 
 /* Create the lws context and start its service thread. cfg, hub and auth
  * are borrowed and must outlive the adapter. NULL with err on failure. */

@@ -92,8 +92,10 @@ START_TEST(test_defaults)
     ck_assert_int_eq(cfg->max_rooms_per_conn, 32);
     ck_assert_int_eq(cfg->max_peers_per_room, 256);
     ck_assert_int_eq(cfg->max_connections, 10000);
-    ck_assert_int_eq(cfg->max_queue_msgs, 1024);
-    ck_assert_int_eq(cfg->max_queue_bytes, 8388608);
+    ck_assert_int_eq(cfg->session_buffer_msgs, 1024);
+    ck_assert_int_eq(cfg->session_buffer_bytes, 4194304);
+    ck_assert_int_eq(cfg->session_buffer_age_s, 1800);
+    ck_assert_int_eq(cfg->session_grace_ms, 10000);
     ck_assert_double_eq(cfg->presence_rate, 20.0);
     ck_assert_int_eq(cfg->presence_burst, 5);
     ck_assert_double_eq(cfg->ephemeral_per_min, 600.0);
@@ -390,8 +392,8 @@ START_TEST(test_set)
     /* Flag spelling and upper case name the same setting. */
     ck_assert_int_eq(stoa_config_set(cfg, "max-peers-per-room", "4", err, sizeof err), 0);
     ck_assert_int_eq(cfg->max_peers_per_room, 4);
-    ck_assert_int_eq(stoa_config_set(cfg, "MAX_QUEUE_MSGS", "9", err, sizeof err), 0);
-    ck_assert_int_eq(cfg->max_queue_msgs, 9);
+    ck_assert_int_eq(stoa_config_set(cfg, "SESSION_BUFFER_MSGS", "9", err, sizeof err), 0);
+    ck_assert_int_eq(cfg->session_buffer_msgs, 9);
     ck_assert_int_eq(stoa_config_set(cfg, "jwt_secret", "abc", err, sizeof err), 0);
     ck_assert_int_eq(stoa_config_set(cfg, "jwt_secret", "def", err, sizeof err), 0);   /* no leak */
     ck_assert_str_eq(cfg->jwt_secret, "def");

@@ -15,22 +15,29 @@
 #include <unistd.h>
 
 #define MAX_PEERS 8
-#define FAR_FUTURE_MS (24LL * 3600 * 1000)
+/* Past heartbeat_timeout_s (75 s by default), but well within
+ * session_buffer_age_s (1800 s), so eviction notices stay buffered. */
+#define AFTER_TIMEOUT_MS (80LL * 1000)
 
 /* ---- fake transport ---- */
 
+/* One peer: its session, and the fake transport connection attached to
+ * it (the peer struct is both the transport and the conn). */
 typedef struct peer {
     stoa_session_t *s;
     const char *name;
     int wakes;
     stoa_session_t *woken;
+    void *woken_conn;
+    uint64_t seq;                /* the last seq delivered */
 } peer_t;
 
-static void fake_wake(void *transport, stoa_session_t *sess)
+static void fake_wake(void *transport, stoa_session_t *sess, void *conn)
 {
     peer_t *p = transport;
     p->wakes++;
     p->woken = sess;
+    p->woken_conn = conn;
 }
 
 static const stoa_transport_ops_t fake_ops = {.name = "fake", .wake = fake_wake};
@@ -125,11 +132,27 @@ static bool has_field(json_object *o, const char *key)
     return json_object_object_get_ex(o, key, NULL);
 }
 
-/* Pop the next message, which must be of `type`; returns it parsed (the
+/* The next message for p's connection (NULL when there is none), which
+ * must still be attached; seqs must run on from the last one delivered. */
+static stoa_msg_t *next_msg(peer_t *p)
+{
+    uint64_t seq = 0;
+    bool gone = true;
+    stoa_msg_t *m = stoa_session_next(p->s, p, &seq, &gone);
+    ck_assert_msg(!gone, "%s: the connection is no longer the session's", p->name);
+    if (m) {
+        ck_assert_msg(seq == p->seq + 1, "%s: seq %llu after %llu", p->name, (unsigned long long)seq,
+                      (unsigned long long)p->seq);
+        p->seq = seq;
+    }
+    return m;
+}
+
+/* The next message, which must be of `type`; returns it parsed (the
  * caller puts it). */
 static json_object *expect_msg(peer_t *p, const char *type)
 {
-    stoa_msg_t *m = stoa_session_pop(p->s);
+    stoa_msg_t *m = next_msg(p);
     json_object *o;
     ck_assert_msg(m != NULL, "%s: queue empty, expected %s", p->name, type);
     o = parse_msg(m);
@@ -141,14 +164,25 @@ static json_object *expect_msg(peer_t *p, const char *type)
 
 static void expect_empty(peer_t *p)
 {
-    stoa_msg_t *m = stoa_session_pop(p->s);
+    stoa_msg_t *m = next_msg(p);
     ck_assert_msg(m == NULL, "%s: expected an empty queue, got %s", p->name, m ? stoa_msg_text(m) : "");
+}
+
+/* p's connection is no longer the session's (superseded, or closed). */
+static void expect_gone(peer_t *p)
+{
+    uint64_t seq = 12345;
+    bool gone = false;
+    stoa_msg_t *m = stoa_session_next(p->s, p, &seq, &gone);
+    ck_assert_msg(m == NULL, "%s: expected nothing, got %s", p->name, m ? stoa_msg_text(m) : "");
+    ck_assert_msg(gone, "%s: expected gone", p->name);
+    ck_assert_uint_eq(seq, 12345);   /* untouched */
 }
 
 static void drain(peer_t *p)
 {
     stoa_msg_t *m;
-    while ((m = stoa_session_pop(p->s)))
+    while ((m = next_msg(p)))
         stoa_msg_unref(m);
 }
 
@@ -164,17 +198,32 @@ static const char *peer_id(peer_t *p)
     return stoa_session_peer(p->s);
 }
 
+/* Check a welcome message (and drop it). */
+static void check_welcome(peer_t *p, stoa_msg_t *m)
+{
+    json_object *o;
+    ck_assert_msg(m != NULL, "%s: no welcome", p->name);
+    o = parse_msg(m);
+    stoa_msg_unref(m);
+    ck_assert_str_eq(str_field(o, "type"), "welcome");
+    ck_assert_str_eq(str_field(o, "peer"), stoa_session_peer(p->s));
+    ck_assert_str_eq(str_field(o, "session"), stoa_session_id(p->s));
+    ck_assert_int_eq(int_field(o, "seq"), 0);
+    ck_assert(!json_object_get_boolean(obj_field(o, "resumed", json_type_boolean)));
+    json_object_put(o);
+}
+
 static peer_t *open_ident(const char *name, stoa_identity_t *ident)
 {
     peer_t *p;
-    json_object *w;
+    stoa_msg_t *w = NULL;
     ck_assert_int_lt(npeers, MAX_PEERS);
     p = &peers[npeers++];
     p->name = name;
-    p->s = stoa_hub_open(hub, ident, &fake_ops, p, p);
+    p->s = stoa_hub_open(hub, ident, &fake_ops, p, p, &w);
     ck_assert_ptr_nonnull(p->s);
-    w = expect_msg(p, "welcome");
-    json_object_put(w);
+    check_welcome(p, w);
+    expect_empty(p);   /* the welcome is not queued */
     return p;
 }
 
@@ -204,15 +253,14 @@ static void expect_peer_left(json_object *o, const char *room, const char *peer,
 START_TEST(test_welcome)
 {
     peer_t *p = &peers[npeers++];
-    stoa_msg_t *m;
+    stoa_msg_t *m = NULL;
     json_object *o, *user, *limits;
-    const char *id;
+    const char *id, *sid;
     p->name = "ada";
-    p->s = stoa_hub_open(hub, make_ident("ada", "{\"*\":\"r\"}"), &fake_ops, p, p);
-    ck_assert_int_ge(p->wakes, 1);
-    ck_assert_ptr_eq(p->woken, p->s);
-    m = stoa_session_pop(p->s);
+    p->s = stoa_hub_open(hub, make_ident("ada", "{\"*\":\"r\"}"), &fake_ops, p, p, &m);
+    ck_assert_ptr_nonnull(p->s);
     ck_assert_ptr_nonnull(m);
+    ck_assert_uint_eq(stoa_msg_refcount(m), 1);   /* the caller's alone: not queued */
     o = parse_msg(m);
     stoa_msg_unref(m);
     ck_assert_str_eq(str_field(o, "type"), "welcome");
@@ -220,6 +268,13 @@ START_TEST(test_welcome)
     ck_assert_str_eq(str_field(o, "peer"), id);
     ck_assert_uint_eq(strlen(id), 12);
     ck_assert_uint_eq(strspn(id, "abcdefghijklmnopqrstuvwxyz0123456789"), 12);
+    sid = stoa_session_id(p->s);
+    ck_assert_uint_eq(strlen(sid), STOA_SESSION_ID_LEN);
+    ck_assert_uint_eq(strspn(sid, "abcdefghijklmnopqrstuvwxyz0123456789"), STOA_SESSION_ID_LEN);
+    ck_assert_str_eq(str_field(o, "session"), sid);
+    ck_assert_str_ne(sid, id);
+    ck_assert_int_eq(int_field(o, "seq"), 0);
+    ck_assert(!json_object_get_boolean(obj_field(o, "resumed", json_type_boolean)));
     user = obj_field(o, "user", json_type_object);
     ck_assert_str_eq(str_field(user, "id"), "ada");
     ck_assert_str_eq(str_field(user, "name"), "ada");
@@ -232,12 +287,20 @@ START_TEST(test_welcome)
     ck_assert_int_eq(int_field(limits, "max_message_bytes"), 65536);
     ck_assert_int_eq(int_field(limits, "max_rooms_per_conn"), 32);
     json_object_put(o);
-    expect_empty(p);
+    expect_empty(p);   /* the welcome is not in the numbered queue */
 
     ck_assert_ptr_eq(stoa_session_conn(p->s, &fake_ops), p);
     ck_assert_ptr_null(stoa_session_conn(p->s, &other_ops));
     ck_assert_ptr_eq(stoa_session_hub(p->s), hub);
-    ck_assert_int_eq(stoa_session_close_reason(p->s), STOA_OK);
+    ck_assert_str_eq(stoa_session_sub(p->s), "ada");
+
+    /* The first queued message is seq 1, and wakes the transport. */
+    join_ok(p, "doc:1", NULL);
+    ck_assert_int_ge(p->wakes, 1);
+    ck_assert_ptr_eq(p->woken, p->s);
+    ck_assert_ptr_eq(p->woken_conn, p);
+    json_object_put(expect_msg(p, "room_state"));
+    ck_assert_uint_eq(p->seq, 1);
 }
 END_TEST
 
@@ -423,17 +486,21 @@ START_TEST(test_shared_by_reference)
     drain_all();
 
     ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
-    mb = stoa_session_pop(b->s);
-    mc = stoa_session_pop(c->s);
+    mb = next_msg(b);
+    mc = next_msg(c);
     ck_assert_ptr_nonnull(mb);
     ck_assert_ptr_eq(mb, mc);                   /* one encoding, shared */
-    ck_assert_uint_eq(stoa_msg_refcount(mb), 2);   /* one reference per recipient */
+    /* Two buffered (one per recipient's session) and the two handed out. */
+    ck_assert_uint_eq(stoa_msg_refcount(mb), 4);
+    stoa_session_ack(b->s, b->seq);
+    stoa_session_ack(c->s, c->seq);
+    ck_assert_uint_eq(stoa_msg_refcount(mb), 2);   /* acked: only ours are left */
     stoa_msg_unref(mb);
     stoa_msg_unref(mc);
 
     ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
-    mb = stoa_session_pop(b->s);
-    mc = stoa_session_pop(c->s);
+    mb = next_msg(b);
+    mc = next_msg(c);
     ck_assert_ptr_nonnull(mb);
     ck_assert_ptr_eq(mb, mc);
     stoa_msg_unref(mb);
@@ -441,8 +508,8 @@ START_TEST(test_shared_by_reference)
 
     /* peer_left on leave reaches the two others as one message. */
     ck_assert_int_eq(stoa_hub_leave(c->s, "doc:1", NULL, why, sizeof why), STOA_OK);
-    ma = stoa_session_pop(a->s);
-    mb = stoa_session_pop(b->s);
+    ma = next_msg(a);
+    mb = next_msg(b);
     ck_assert_ptr_nonnull(ma);
     ck_assert_ptr_eq(ma, mb);
     stoa_msg_unref(ma);
@@ -484,8 +551,9 @@ START_TEST(test_leave_and_close)
     expect_peer_left(o, "doc:1", peer_id(b), "disconnect");
     json_object_put(o);
     expect_empty(a);
-    /* B's own reference stays valid: empty queue, detached, idempotent close. */
-    ck_assert_ptr_null(stoa_session_pop(b->s));
+    /* B's own reference stays valid: nothing to read (its connection is
+     * gone), detached, idempotent close. */
+    expect_gone(b);
     ck_assert_ptr_null(stoa_session_conn(b->s, &fake_ops));
     stoa_hub_close(b->s, STOA_LEFT_DISCONNECT);
     expect_empty(a);
@@ -495,7 +563,7 @@ START_TEST(test_leave_and_close)
 
     /* Messages to a closed session are not queued. */
     stoa_hub_send(b->s, stoa_wire_notice("info", "too late"));
-    ck_assert_ptr_null(stoa_session_pop(b->s));
+    expect_gone(b);
 
     /* The last one out: the room goes away. */
     stoa_hub_close(a->s, STOA_LEFT_DISCONNECT);
@@ -509,12 +577,24 @@ END_TEST
 START_TEST(test_close_drops_queue)
 {
     peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}");
+    stoa_msg_t *note = stoa_wire_notice("info", "unread");
     join_ok(a, "doc:1", NULL);
     join_ok(b, "doc:1", NULL);
-    /* A has an undelivered peer_joined when it closes: it is dropped. */
+    /* A has an undelivered peer_joined (and this notice) when it closes:
+     * they are dropped, the buffer's references with them. */
+    stoa_hub_send(a->s, stoa_msg_ref(note));
+    ck_assert_uint_eq(stoa_msg_refcount(note), 2);
     stoa_hub_close(a->s, STOA_LEFT_DISCONNECT);
-    ck_assert_ptr_null(stoa_session_pop(a->s));
-    drain(b);
+    ck_assert_uint_eq(stoa_msg_refcount(note), 1);
+    stoa_msg_unref(note);
+    expect_gone(a);
+    json_object_put(expect_msg(b, "room_state"));
+    {
+        json_object *o = expect_msg(b, "peer_left");
+        expect_peer_left(o, "doc:1", peer_id(a), "disconnect");
+        json_object_put(o);
+    }
+    expect_empty(b);
 }
 END_TEST
 
@@ -796,7 +876,7 @@ static void expect_evicted(peer_t *p, const char *room)
 {
     stoa_msg_t *m;
     bool self = false;
-    while ((m = stoa_session_pop(p->s))) {
+    while ((m = next_msg(p))) {
         json_object *o = parse_msg(m);
         stoa_msg_unref(m);
         ck_assert_str_eq(str_field(o, "type"), "peer_left");
@@ -825,14 +905,14 @@ START_TEST(test_eviction)
 
     a_wakes = a->wakes;
     b_wakes = b->wakes;
-    stoa_hub_tick(hub, stoa_now_ms() + FAR_FUTURE_MS);
+    stoa_hub_tick(hub, stoa_now_ms() + AFTER_TIMEOUT_MS);
     ck_assert_int_gt(a->wakes, a_wakes);
     ck_assert_int_gt(b->wakes, b_wakes);
     {
         /* A was in two rooms: it hears about itself in both. */
         stoa_msg_t *m;
         bool doc1 = false, doc2 = false;
-        while ((m = stoa_session_pop(a->s))) {
+        while ((m = next_msg(a))) {
             json_object *o = parse_msg(m);
             stoa_msg_unref(m);
             ck_assert_str_eq(str_field(o, "type"), "peer_left");
@@ -896,82 +976,154 @@ START_TEST(test_heartbeat_postpones_eviction)
 }
 END_TEST
 
-START_TEST(test_queue_overflow_msgs)
+/* The next message must be a resync with this reason, numbered with its
+ * own "seq", listing nrooms rooms; returns its seq (now p's). */
+static uint64_t expect_resync(peer_t *p, const char *reason, size_t nrooms)
+{
+    uint64_t seq = 0;
+    bool gone = true;
+    stoa_msg_t *m = stoa_session_next(p->s, p, &seq, &gone);
+    json_object *o;
+    ck_assert(!gone);
+    ck_assert_msg(m != NULL, "%s: nothing, expected a resync", p->name);
+    o = parse_msg(m);
+    stoa_msg_unref(m);
+    ck_assert_msg(strcmp(str_field(o, "type"), "resync") == 0, "%s: expected resync, got %s", p->name,
+                  json_object_to_json_string(o));
+    ck_assert_int_eq(int_field(o, "seq"), (int64_t)seq);
+    ck_assert_uint_gt(seq, p->seq);
+    ck_assert_str_eq(str_field(o, "reason"), reason);
+    ck_assert_uint_eq(json_object_array_length(obj_field(o, "rooms", json_type_array)), nrooms);
+    json_object_put(o);
+    p->seq = seq;
+    return seq;
+}
+
+static void presence_n(peer_t *p, const char *room, int n)
+{
+    char text[64];
+    json_object *patch;
+    snprintf(text, sizeof text, "{\"n\":%d}", n);
+    patch = json_tokener_parse(text);
+    ck_assert_int_eq(stoa_hub_presence(p->s, room, patch, NULL, why, sizeof why), STOA_OK);
+    json_object_put(patch);
+}
+
+START_TEST(test_buffer_limit_msgs)
 {
     peer_t *a, *b;
-    json_object *patch = json_tokener_parse("{\"x\":1}");
-    int b_wakes;
+    json_object *o, *arr;
+    uint64_t before, r;
+    stoa_session_t *found;
     set("presence_burst", "100");
-    set("max_queue_msgs", "8");
+    set("session_buffer_msgs", "8");
     a = open_peer("ada", "{\"*\":\"r\"}");
     b = open_peer("bob", "{\"*\":\"r\"}");
     join_ok(a, "doc:1", NULL);
     join_ok(b, "doc:1", NULL);
     drain_all();
-    for (int i = 0; i < 8; i++)
-        ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
-    ck_assert_int_eq(stoa_session_close_reason(b->s), STOA_OK);   /* 8 queued: at the limit */
-    b_wakes = b->wakes;
-    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
-    ck_assert_int_eq(stoa_session_close_reason(b->s), STOA_ERR_SLOW_CONSUMER);
-    ck_assert_int_gt(b->wakes, b_wakes);   /* woken to be closed */
-    ck_assert_int_eq(stoa_session_close_reason(a->s), STOA_OK);
 
-    /* The transport closes it; the room hears "disconnect". */
-    stoa_hub_close(b->s, STOA_LEFT_DISCONNECT);
-    {
-        json_object *o = expect_msg(a, "peer_left");
-        expect_peer_left(o, "doc:1", peer_id(b), "disconnect");
+    /* 8 unread: at the limit, all delivered in order. */
+    for (int i = 1; i <= 8; i++)
+        presence_n(a, "doc:1", i);
+    for (int i = 1; i <= 8; i++) {
+        o = expect_msg(b, "presence");
+        ck_assert_int_eq(int_field(obj_field(o, "state", json_type_object), "n"), i);
         json_object_put(o);
     }
-    json_object_put(patch);
+    expect_empty(b);
+
+    /* 9 unread: the oldest is dropped; B gets a resync after the 9, then
+     * the room's whole state, and is not disconnected. */
+    before = b->seq;
+    for (int i = 9; i <= 17; i++)
+        presence_n(a, "doc:1", i);
+    r = expect_resync(b, "gap", 1);
+    ck_assert_uint_eq(r, before + 10);
+    o = expect_msg(b, "room_state");
+    ck_assert_str_eq(str_field(o, "room"), "doc:1");
+    ck_assert(!has_field(o, "id"));
+    arr = obj_field(o, "peers", json_type_array);
+    ck_assert_uint_eq(json_object_array_length(arr), 2);
+    ck_assert_str_eq(str_field(json_object_array_get_idx(arr, 0), "peer"), peer_id(a));
+    ck_assert_int_eq(int_field(obj_field(json_object_array_get_idx(arr, 0), "state", json_type_object), "n"),
+                     17);
+    json_object_put(o);
+    expect_empty(b);
+    expect_empty(a);   /* the sender is unaffected; nobody left */
+    found = stoa_hub_find(hub, stoa_session_id(b->s));
+    ck_assert_ptr_eq(found, b->s);
+    stoa_session_unref(found);
+
+    /* Delivery goes on after the resync. */
+    presence_n(a, "doc:1", 18);
+    o = expect_msg(b, "presence");
+    ck_assert_int_eq(int_field(obj_field(o, "state", json_type_object), "n"), 18);
+    json_object_put(o);
+    expect_empty(b);
 }
 END_TEST
 
-START_TEST(test_queue_overflow_bytes)
+START_TEST(test_buffer_limit_bytes)
 {
     peer_t *a, *b;
     char *big = malloc(40001);
-    json_object *data;
+    json_object *data, *o;
+    size_t sessions, rooms;
     memset(big, 'z', 40000);
     big[40000] = '\0';
     data = json_object_new_string(big);
-    set("max_queue_bytes", "65536");
+    set("session_buffer_bytes", "65536");
     a = open_peer("ada", "{\"*\":\"r\"}");
     b = open_peer("bob", "{\"*\":\"r\"}");
     join_ok(a, "doc:1", NULL);
     join_ok(b, "doc:1", NULL);
     drain_all();
+    /* One 40 kB message read before the next: always within the limit. */
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
+        o = expect_msg(b, "ephemeral");
+        ck_assert_uint_eq(strlen(str_field(o, "data")), 40000);
+        json_object_put(o);
+    }
+    expect_empty(b);
+    /* Two unread are over it: the first is dropped and B resyncs. */
     ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
-    ck_assert_int_eq(stoa_session_close_reason(b->s), STOA_OK);
     ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
-    ck_assert_int_eq(stoa_session_close_reason(b->s), STOA_ERR_SLOW_CONSUMER);
+    expect_resync(b, "gap", 1);
+    o = expect_msg(b, "room_state");
+    ck_assert_uint_eq(json_object_array_length(obj_field(o, "peers", json_type_array)), 2);
+    json_object_put(o);
+    expect_empty(b);
+    stoa_hub_stats(hub, &sessions, &rooms);
+    ck_assert_uint_eq(sessions, 2);
+    ck_assert_uint_eq(rooms, 1);
     json_object_put(data);
     free(big);
 }
 END_TEST
 
-START_TEST(test_popping_keeps_queue_healthy)
+START_TEST(test_reading_keeps_up)
 {
-    /* A consumer that keeps up never overflows, however many messages pass. */
+    /* A consumer that keeps up never resyncs, however many messages pass. */
     peer_t *a, *b;
-    json_object *patch = json_tokener_parse("{\"x\":1}");
     set("presence_burst", "1000");
-    set("max_queue_msgs", "8");
+    set("session_buffer_msgs", "8");
     a = open_peer("ada", "{\"*\":\"r\"}");
     b = open_peer("bob", "{\"*\":\"r\"}");
     join_ok(a, "doc:1", NULL);
     join_ok(b, "doc:1", NULL);
     drain_all();
     for (int i = 0; i < 100; i++) {
-        ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
+        presence_n(a, "doc:1", i);
         if (i % 5 == 4)
-            for (int j = 0; j < 5; j++)
-                json_object_put(expect_msg(b, "presence"));
+            for (int j = i - 4; j <= i; j++) {
+                json_object *o = expect_msg(b, "presence");   /* not a resync */
+                ck_assert_int_eq(int_field(obj_field(o, "state", json_type_object), "n"), j);
+                json_object_put(o);
+            }
     }
     expect_empty(b);
-    ck_assert_int_eq(stoa_session_close_reason(b->s), STOA_OK);
-    json_object_put(patch);
 }
 END_TEST
 
@@ -1019,10 +1171,14 @@ START_TEST(test_hub_send)
     stoa_msg_ref(m);
     stoa_hub_send(a->s, m);   /* takes one reference */
     ck_assert_int_gt(a->wakes, wakes);
-    got = stoa_session_pop(a->s);
+    ck_assert_uint_eq(stoa_msg_refcount(m), 2);   /* ours + the buffer's */
+    got = next_msg(a);
     ck_assert_ptr_eq(got, m);
-    ck_assert_uint_eq(stoa_msg_refcount(m), 2);   /* ours + the popped one */
+    ck_assert_uint_eq(a->seq, 1);
+    ck_assert_uint_eq(stoa_msg_refcount(m), 3);   /* + the one handed out */
     stoa_msg_unref(got);
+    stoa_session_ack(a->s, a->seq);
+    ck_assert_uint_eq(stoa_msg_refcount(m), 1);
     stoa_msg_unref(m);
     expect_empty(a);
     expect_empty(b);
@@ -1035,7 +1191,7 @@ START_TEST(test_anonymous_identity_session)
     stoa_auth_t *auth;
     peer_t *p;
     json_object *o;
-    stoa_msg_t *m;
+    stoa_msg_t *m = NULL;
     ck_assert_ptr_nonnull(mkdtemp(dir));
     set("jwt_secret", "0123456789abcdef0123456789abcdef-test");
     set("data_dir", dir);
@@ -1045,9 +1201,9 @@ START_TEST(test_anonymous_identity_session)
 
     p = &peers[npeers++];
     p->name = "anon";
-    p->s = stoa_hub_open(hub, stoa_auth_anonymous(auth), &fake_ops, p, p);
+    p->s = stoa_hub_open(hub, stoa_auth_anonymous(auth), &fake_ops, p, p, &m);
     stoa_auth_free(auth);
-    m = stoa_session_pop(p->s);
+    ck_assert_ptr_nonnull(m);
     o = parse_msg(m);
     stoa_msg_unref(m);
     {
@@ -1088,7 +1244,7 @@ START_TEST(test_join_after_close)
     json_object_put(o);
     /* A broadcast would touch the freed session if it were still a member. */
     ck_assert_int_eq(stoa_hub_presence(b->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
-    stoa_hub_tick(hub, stoa_now_ms() + FAR_FUTURE_MS);
+    stoa_hub_tick(hub, stoa_now_ms() + AFTER_TIMEOUT_MS);
     o = expect_msg(b, "peer_left");
     expect_peer_left(o, "doc:1", peer_id(b), "timeout");
     json_object_put(o);
@@ -1149,9 +1305,9 @@ static Suite *hub_suite(void)
     tcase_add_test(tc, test_heartbeat_ack);
     tcase_add_test(tc, test_eviction);
     tcase_add_test(tc, test_heartbeat_postpones_eviction);
-    tcase_add_test(tc, test_queue_overflow_msgs);
-    tcase_add_test(tc, test_queue_overflow_bytes);
-    tcase_add_test(tc, test_popping_keeps_queue_healthy);
+    tcase_add_test(tc, test_buffer_limit_msgs);
+    tcase_add_test(tc, test_buffer_limit_bytes);
+    tcase_add_test(tc, test_reading_keeps_up);
     tcase_add_test(tc, test_room_json);
     tcase_add_test(tc, test_hub_send);
     tcase_add_test(tc, test_anonymous_identity_session);

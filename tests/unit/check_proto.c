@@ -13,10 +13,11 @@
 
 static int wakes;
 
-static void fake_wake(void *transport, stoa_session_t *sess)
+static void fake_wake(void *transport, stoa_session_t *sess, void *conn)
 {
     (void)transport;
     (void)sess;
+    (void)conn;
     wakes++;
 }
 
@@ -38,22 +39,67 @@ static stoa_identity_t *make_ident(const char *sub, const char *rights)
     return id;
 }
 
+/* The fake transport's per-connection objects (stoa_session_next takes
+ * the attached one), and the last seq each session delivered. */
+static int sess_conn, other_conn;
+static uint64_t sess_seq, other_seq;
+
+/* The next message for s (NULL if none), checking that the connection is
+ * still attached and that seqs run 1, 2, 3... */
+static stoa_msg_t *next(stoa_session_t *s)
+{
+    uint64_t *last = s == sess ? &sess_seq : &other_seq, seq = 0;
+    bool gone = true;
+    stoa_msg_t *m = stoa_session_next(s, s == sess ? (void *)&sess_conn : (void *)&other_conn, &seq, &gone);
+    ck_assert_msg(!gone, "the connection is no longer the session's");
+    if (m) {
+        ck_assert_msg(seq == *last + 1, "seq %llu after %llu", (unsigned long long)seq,
+                      (unsigned long long)*last);
+        *last = seq;
+    }
+    return m;
+}
+
 static void drain(stoa_session_t *s)
 {
     stoa_msg_t *m;
-    while ((m = stoa_session_pop(s)))
+    while ((m = next(s)))
         stoa_msg_unref(m);
+}
+
+/* The welcome must be one, for this session, un-numbered (seq 0). */
+static void check_welcome(stoa_session_t *s, stoa_msg_t *w)
+{
+    json_object *o, *v;
+    ck_assert_ptr_nonnull(w);
+    o = json_tokener_parse(stoa_msg_text(w));
+    ck_assert_ptr_nonnull(o);
+    ck_assert(json_object_object_get_ex(o, "type", &v));
+    ck_assert_str_eq(json_object_get_string(v), "welcome");
+    ck_assert(json_object_object_get_ex(o, "peer", &v));
+    ck_assert_str_eq(json_object_get_string(v), stoa_session_peer(s));
+    ck_assert(json_object_object_get_ex(o, "seq", &v));
+    ck_assert_int_eq(json_object_get_int64(v), 0);
+    json_object_put(o);
+    stoa_msg_unref(w);
 }
 
 static void setup(void)
 {
+    stoa_msg_t *w = NULL;
     cfg = stoa_config_new();
     hub = stoa_hub_new(cfg);
     wakes = 0;
-    sess = stoa_hub_open(hub, make_ident("ada", "{\"doc:*\":\"rw\",\"doc:secret\":\"\"}"), &fake_ops, NULL, NULL);
-    other = stoa_hub_open(hub, make_ident("bob", "{\"*\":\"r\"}"), &fake_ops, NULL, NULL);
-    drain(sess);
-    drain(other);
+    sess_seq = other_seq = 0;
+    sess = stoa_hub_open(hub, make_ident("ada", "{\"doc:*\":\"rw\",\"doc:secret\":\"\"}"), &fake_ops, NULL,
+                         &sess_conn, &w);
+    check_welcome(sess, w);
+    w = NULL;
+    other = stoa_hub_open(hub, make_ident("bob", "{\"*\":\"r\"}"), &fake_ops, NULL, &other_conn, &w);
+    check_welcome(other, w);
+    /* The welcome is not queued. */
+    ck_assert_ptr_null(next(sess));
+    ck_assert_ptr_null(next(other));
 }
 
 static void teardown(void)
@@ -73,7 +119,7 @@ static stoa_err_t handle(const char *text)
 
 static json_object *pop(stoa_session_t *s)
 {
-    stoa_msg_t *m = stoa_session_pop(s);
+    stoa_msg_t *m = next(s);
     json_object *o;
     ck_assert_msg(m != NULL, "expected a message, the queue is empty");
     o = json_tokener_parse(stoa_msg_text(m));
@@ -84,7 +130,7 @@ static json_object *pop(stoa_session_t *s)
 
 static void expect_empty(stoa_session_t *s)
 {
-    stoa_msg_t *m = stoa_session_pop(s);
+    stoa_msg_t *m = next(s);
     ck_assert_msg(m == NULL, "expected no message, got %s", m ? stoa_msg_text(m) : "");
 }
 
@@ -445,7 +491,13 @@ START_TEST(test_session_stays_open)
         ck_assert_int_eq(handle("garbage"), STOA_ERR_BAD_JSON);
         json_object_put(expect_error(sess, "BAD_JSON"));
     }
-    ck_assert_int_eq(stoa_session_close_reason(sess), STOA_OK);
+    /* Still open, still attached: findable by its id, next() not gone. */
+    {
+        stoa_session_t *found = stoa_hub_find(hub, stoa_session_id(sess));
+        ck_assert_ptr_eq(found, sess);
+        stoa_session_unref(found);
+        ck_assert_ptr_eq(stoa_session_conn(sess, &fake_ops), &sess_conn);
+    }
     ck_assert_int_eq(handle("{\"type\":\"ping\",\"id\":1}"), STOA_OK);
     o = pop(sess);
     ck_assert_str_eq(str_field(o, "type"), "pong");
