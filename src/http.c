@@ -1,5 +1,5 @@
 /* http.c - REST API and static files over libmicrohttpd. */
-#include "stoa/http.h"
+#include "http_internal.h"
 #include "stoa/access.h"
 #include "stoa/log.h"
 #include "stoa/room.h"
@@ -15,43 +15,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define BODY_MAX_DEFAULT 65536
-#define PATH_ARG_MAX 1024
-
-struct stoa_http {
-    const stoa_config_t *cfg;
-    stoa_hub_t *hub;
-    const stoa_auth_t *auth;
-    struct MHD_Daemon *daemon;
-};
-
-/* Per-request state, made on the first call and freed when MHD completes. */
-typedef struct request {
-    char *body;
-    size_t len;
-    bool too_big;
-} request_t;
-
-typedef struct call {
-    stoa_http_t *http;
-    struct MHD_Connection *conn;
-    const char *method;
-    request_t *req;
-    char arg[PATH_ARG_MAX];      /* the {room} segment, when the route has one */
-    const char *origin;          /* allowed Origin to echo in CORS headers, or NULL */
-} call_t;
-
-typedef enum MHD_Result (*handler_fn)(call_t *call);
-
-typedef struct {
-    const char *method;
-    const char *pattern;         /* "{}" matches one path segment */
-    handler_fn handler;
-} route_t;
-
 /* ---- responses ---- */
 
-static enum MHD_Result send_text(call_t *c, unsigned status, const char *type, const char *text, size_t len,
+enum MHD_Result stoa_http_send_text(call_t *c, unsigned status, const char *type, const char *text, size_t len,
                                  const char *extra_header, const char *extra_value)
 {
     struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)text, MHD_RESPMEM_MUST_COPY);
@@ -70,19 +36,16 @@ static enum MHD_Result send_text(call_t *c, unsigned status, const char *type, c
     return ret;
 }
 
-static enum MHD_Result send_json(call_t *c, unsigned status, json_object *obj)
+enum MHD_Result stoa_http_send_json(call_t *c, unsigned status, json_object *obj)
 {
     size_t len = 0;
     const char *text = json_object_to_json_string_length(obj, JSON_C_TO_STRING_PLAIN, &len);
-    enum MHD_Result ret = send_text(c, status, "application/json", text, len, NULL, NULL);
+    enum MHD_Result ret = stoa_http_send_text(c, status, "application/json", text, len, NULL, NULL);
     json_object_put(obj);
     return ret;
 }
 
-static enum MHD_Result send_error_h(call_t *c, stoa_err_t code, const char *hname, const char *hvalue,
-                                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-static enum MHD_Result send_error_h(call_t *c, stoa_err_t code, const char *hname, const char *hvalue,
+enum MHD_Result stoa_http_send_error_h(call_t *c, stoa_err_t code, const char *hname, const char *hvalue,
                                     const char *fmt, ...)
 {
     char msg[512];
@@ -99,25 +62,28 @@ static enum MHD_Result send_error_h(call_t *c, stoa_err_t code, const char *hnam
     json_object_object_add(e, "message", json_object_new_string(msg));
     json_object_object_add(o, "error", e);
     text = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN, &len);
-    ret = send_text(c, stoa_err_http_status(code), "application/json", text, len, hname, hvalue);
+    ret = stoa_http_send_text(c, stoa_err_http_status(code), "application/json", text, len, hname, hvalue);
     json_object_put(o);
     return ret;
 }
 
-#define send_error(c, code, ...) send_error_h((c), (code), NULL, NULL, __VA_ARGS__)
 
 /* ---- identity of the caller ---- */
 
-static stoa_identity_t *identify(call_t *c, bool allow_anonymous_fallback, stoa_err_t *code, char *why,
-                                 size_t whylen)
+const char *stoa_http_token(call_t *c, char *buf, size_t buflen)
+{
+    return stoa_access_token(MHD_lookup_connection_value(c->conn, MHD_GET_ARGUMENT_KIND, "token"),
+                             MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
+                             MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_COOKIE),
+                             c->http->cfg->token_cookie, buf, buflen);
+}
+
+stoa_identity_t *stoa_http_identify(call_t *c, bool allow_anonymous_fallback, stoa_err_t *code, char *why,
+                                    size_t whylen)
 {
     stoa_http_t *h = c->http;
     char cookie_buf[STOA_TOKEN_MAX + 1];
-    const char *token = stoa_access_token(
-        MHD_lookup_connection_value(c->conn, MHD_GET_ARGUMENT_KIND, "token"),
-        MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
-        MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_COOKIE), h->cfg->token_cookie,
-        cookie_buf, sizeof cookie_buf);
+    const char *token = stoa_http_token(c, cookie_buf, sizeof cookie_buf);
     if (!token && !allow_anonymous_fallback) {
         *code = STOA_ERR_AUTH_FAILED;
         snprintf(why, whylen, "no token (send Authorization: Bearer <token>)");
@@ -137,23 +103,24 @@ static enum MHD_Result h_health(call_t *c)
     json_object_object_add(o, "version", json_object_new_string(STOA_VERSION));
     json_object_object_add(o, "sessions", json_object_new_int64((int64_t)sessions));
     json_object_object_add(o, "rooms", json_object_new_int64((int64_t)rooms));
-    return send_json(c, MHD_HTTP_OK, o);
+    json_object_object_add(o, "transports", stoa_hub_transport_counts(c->http->hub));
+    return stoa_http_send_json(c, MHD_HTTP_OK, o);
 }
 
 static enum MHD_Result h_me(call_t *c)
 {
     stoa_err_t code;
     char why[256];
-    stoa_identity_t *id = identify(c, false, &code, why, sizeof why);
+    stoa_identity_t *id = stoa_http_identify(c, false, &code, why, sizeof why);
     json_object *o;
     if (!id)
-        return send_error(c, code, "%s", why);
+        return STOA_HTTP_ERROR(c, code, "%s", why);
     o = json_object_new_object();
     json_object_object_add(o, "user", stoa_identity_user_json(id));
     json_object_object_add(o, "rooms", stoa_perms_to_json(id->perms));
     json_object_object_add(o, "expires_at", json_object_new_int64(id->exp));
     stoa_identity_free(id);
-    return send_json(c, MHD_HTTP_OK, o);
+    return stoa_http_send_json(c, MHD_HTTP_OK, o);
 }
 
 static enum MHD_Result h_anonymous(call_t *c)
@@ -165,14 +132,14 @@ static enum MHD_Result h_anonymous(call_t *c)
     json_object *o;
 
     if (!h->cfg->allow_anonymous)
-        return send_error(c, STOA_ERR_ANONYMOUS_DISABLED, "anonymous access is disabled on this server");
+        return STOA_HTTP_ERROR(c, STOA_ERR_ANONYMOUS_DISABLED, "anonymous access is disabled on this server");
     if (!stoa_auth_can_mint(h->auth))
-        return send_error(c, STOA_ERR_NOT_SUPPORTED, "this server has no signing key (jwt_private_key_file)");
+        return STOA_HTTP_ERROR(c, STOA_ERR_NOT_SUPPORTED, "this server has no signing key (jwt_private_key_file)");
     id = stoa_auth_anonymous(h->auth);
     token = stoa_auth_mint(h->auth, id, h->cfg->token_ttl_s, err, sizeof err);
     if (!token) {
         stoa_identity_free(id);
-        return send_error(c, STOA_ERR_INTERNAL, "%s", err);
+        return STOA_HTTP_ERROR(c, STOA_ERR_INTERNAL, "%s", err);
     }
     o = json_object_new_object();
     json_object_object_add(o, "token", json_object_new_string(token));
@@ -181,7 +148,7 @@ static enum MHD_Result h_anonymous(call_t *c)
     json_object_object_add(o, "expires_at", json_object_new_int64(stoa_wall_s() + h->cfg->token_ttl_s));
     free(token);
     stoa_identity_free(id);
-    return send_json(c, MHD_HTTP_OK, o);
+    return stoa_http_send_json(c, MHD_HTTP_OK, o);
 }
 
 static enum MHD_Result h_presence(call_t *c)
@@ -196,28 +163,34 @@ static enum MHD_Result h_presence(call_t *c)
     enum MHD_Result ret;
 
     if (!stoa_room_valid(c->arg, (size_t)h->cfg->max_room_name_bytes, &why_room))
-        return send_error(c, STOA_ERR_BAD_ROOM, "%s", why_room);
-    id = identify(c, true, &code, why, sizeof why);
+        return STOA_HTTP_ERROR(c, STOA_ERR_BAD_ROOM, "%s", why_room);
+    id = stoa_http_identify(c, true, &code, why, sizeof why);
     if (!id)
-        return send_error(c, code, "%s", why);
+        return STOA_HTTP_ERROR(c, code, "%s", why);
     rights = stoa_perms_rights(id->perms, c->arg);
     stoa_identity_free(id);
     if (!(rights & STOA_RIGHT_READ))
-        return send_error(c, STOA_ERR_PERMISSION_DENIED, "no read permission on %s", c->arg);
+        return STOA_HTTP_ERROR(c, STOA_ERR_PERMISSION_DENIED, "no read permission on %s", c->arg);
     text = stoa_hub_room_json(h->hub, c->arg);
-    ret = send_text(c, MHD_HTTP_OK, "application/json", text, strlen(text), NULL, NULL);
+    ret = stoa_http_send_text(c, MHD_HTTP_OK, "application/json", text, strlen(text), NULL, NULL);
     free(text);
     return ret;
 }
 
 static enum MHD_Result h_ws_plain(call_t *c)
 {
-    return send_error_h(c, STOA_ERR_UPGRADE_REQUIRED, MHD_HTTP_HEADER_UPGRADE, "websocket",
+    return stoa_http_send_error_h(c, STOA_ERR_UPGRADE_REQUIRED, MHD_HTTP_HEADER_UPGRADE, "websocket",
                         "/v1/ws is a WebSocket endpoint: send Upgrade: websocket on a new connection");
 }
 
 static const route_t routes[] = {
     {"GET", "/healthz", h_health},
+    {"POST", "/v1/sessions", stoa_sessions_create},
+    {"GET", "/v1/sessions/{}", stoa_sessions_get},
+    {"DELETE", "/v1/sessions/{}", stoa_sessions_delete},
+    {"POST", "/v1/sessions/{}/messages", stoa_sessions_post_messages},
+    {"GET", "/v1/sessions/{}/sse", stoa_sse_open},
+    {"GET", "/v1/sessions/{}/poll", stoa_longpoll_poll},
     {"GET", "/v1/auth/me", h_me},
     {"POST", "/v1/auth/anonymous", h_anonymous},
     {"GET", "/v1/rooms/{}/presence", h_presence},
@@ -283,16 +256,16 @@ static enum MHD_Result serve_file(call_t *c, const char *url)
     int fd;
 
     if (strcmp(c->method, "GET") != 0 && strcmp(c->method, "HEAD") != 0)
-        return send_error_h(c, STOA_ERR_METHOD_NOT_ALLOWED, MHD_HTTP_HEADER_ALLOW, "GET, HEAD",
+        return stoa_http_send_error_h(c, STOA_ERR_METHOD_NOT_ALLOWED, MHD_HTTP_HEADER_ALLOW, "GET, HEAD",
                             "%s is not allowed on %s", c->method, url);
     if (!h->cfg->www_dir[0] || !safe_path(url))
-        return send_error(c, STOA_ERR_NOT_FOUND, "no such resource");
+        return STOA_HTTP_ERROR(c, STOA_ERR_NOT_FOUND, "no such resource");
     snprintf(path, sizeof path, "%s%s%s", h->cfg->www_dir, url, url[strlen(url) - 1] == '/' ? "index.html" : "");
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         if (fd >= 0)
             close(fd);
-        return send_error(c, STOA_ERR_NOT_FOUND, "no such resource");
+        return STOA_HTTP_ERROR(c, STOA_ERR_NOT_FOUND, "no such resource");
     }
     r = MHD_create_response_from_fd((size_t)st.st_size, fd);   /* MHD closes fd */
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type(path));
@@ -314,11 +287,11 @@ static enum MHD_Result dispatch(call_t *c, const char *url)
 
     if (origin && origin[0]) {
         if (!stoa_access_origin_allowed(h->cfg, origin, host))
-            return send_error(c, STOA_ERR_ORIGIN_DENIED, "Origin %.100s is not allowed", origin);
+            return STOA_HTTP_ERROR(c, STOA_ERR_ORIGIN_DENIED, "Origin %.100s is not allowed", origin);
         c->origin = origin;
     }
     if (c->req->too_big)
-        return send_error(c, STOA_ERR_MESSAGE_TOO_LARGE, "request body larger than %d bytes",
+        return STOA_HTTP_ERROR(c, STOA_ERR_MESSAGE_TOO_LARGE, "request body larger than %d bytes",
                           h->cfg->max_message_bytes);
     for (size_t i = 0; i < STOA_ARRAY_LEN(routes); i++) {
         if (!match(routes[i].pattern, url, c->arg, sizeof c->arg))
@@ -339,18 +312,18 @@ static enum MHD_Result dispatch(call_t *c, const char *url)
             MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, c->origin);
             MHD_add_response_header(r, "Access-Control-Allow-Credentials", "true");
             MHD_add_response_header(r, "Access-Control-Allow-Methods", allow);
-            MHD_add_response_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+            MHD_add_response_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID");
             MHD_add_response_header(r, "Access-Control-Max-Age", "600");
             MHD_add_response_header(r, MHD_HTTP_HEADER_VARY, "Origin");
             ret = MHD_queue_response(c->conn, MHD_HTTP_NO_CONTENT, r);
             MHD_destroy_response(r);
             return ret;
         }
-        return send_error_h(c, STOA_ERR_METHOD_NOT_ALLOWED, MHD_HTTP_HEADER_ALLOW, allow,
+        return stoa_http_send_error_h(c, STOA_ERR_METHOD_NOT_ALLOWED, MHD_HTTP_HEADER_ALLOW, allow,
                             "%s is not allowed on %s (allowed: %s)", c->method, url, allow);
     }
     if (strncmp(url, "/v1/", 4) == 0 || strcmp(url, "/v1") == 0)
-        return send_error(c, STOA_ERR_NOT_FOUND, "no such endpoint: %.200s", url);
+        return STOA_HTTP_ERROR(c, STOA_ERR_NOT_FOUND, "no such endpoint: %.200s", url);
     return serve_file(c, url);
 }
 
@@ -392,6 +365,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     request_t *req = *con_cls;
     if (req) {
+        if (req->done)
+            req->done(cls, req->stream);
         free(req->body);
         free(req);
         *con_cls = NULL;
@@ -416,6 +391,7 @@ stoa_http_t *stoa_http_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa
     h->cfg = cfg;
     h->hub = hub;
     h->auth = auth;
+    h->park = stoa_park_new();
     h->daemon = MHD_start_daemon(
         MHD_USE_NO_LISTEN_SOCKET | MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
             MHD_USE_ERROR_LOG,
@@ -428,6 +404,7 @@ stoa_http_t *stoa_http_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa
         MHD_OPTION_END);
     if (!h->daemon) {
         snprintf(err, errlen, "libmicrohttpd: cannot start the HTTP daemon");
+        stoa_park_free(h->park);
         free(h);
         return NULL;
     }
@@ -440,10 +417,32 @@ void stoa_http_add(stoa_http_t *h, int fd, const struct sockaddr *addr, socklen_
         STOA_WARN("http: connection refused (limit of %d reached?)", h->cfg->max_connections);
 }
 
+void stoa_http_park_wake(void *transport, stoa_session_t *sess, void *conn)
+{
+    stoa_park_wake(transport, conn);
+}
+
+void stoa_http_tick(stoa_http_t *h, int64_t now_ms)
+{
+    stoa_park_tick(h->park, now_ms);
+}
+
 void stoa_http_free(stoa_http_t *h)
 {
+    int64_t deadline;
     if (!h)
         return;
+    /* MHD aborts if a connection is still suspended when it stops: resume
+     * them all (streams end, polls answer) and wait, bounded, until their
+     * requests complete. */
+    deadline = stoa_now_ms() + h->cfg->shutdown_timeout_ms;
+    stoa_park_close(h->park);
+    while (stoa_park_count(h->park) > 0 && stoa_now_ms() < deadline)
+        usleep(5000);
+    if (stoa_park_count(h->park) > 0)
+        STOA_WARN("http: %zu streams still open after %d ms; stopping anyway", stoa_park_count(h->park),
+                  h->cfg->shutdown_timeout_ms);
     MHD_stop_daemon(h->daemon);
+    stoa_park_free(h->park);
     free(h);
 }

@@ -569,6 +569,15 @@ stoa_msg_t *stoa_session_next(stoa_session_t *s, void *conn, uint64_t *seq, bool
     return msg;
 }
 
+uint64_t stoa_session_delivered(stoa_session_t *s)
+{
+    uint64_t c;
+    hub_lock(s->hub);
+    c = s->cursor;
+    hub_unlock(s->hub);
+    return c;
+}
+
 void stoa_session_ack(stoa_session_t *s, uint64_t seq)
 {
     hub_lock(s->hub);
@@ -835,6 +844,52 @@ char *stoa_hub_room_json(stoa_hub_t *hub, const char *room_name)
     json_object_put(o);
     hub_unlock(hub);
     return text;
+}
+
+void stoa_hub_notice(stoa_hub_t *hub, const char *level, const char *message)
+{
+    stoa_msg_t *msg;
+    hub_lock(hub);
+    msg = stoa_wire_notice(level, message);
+    for (stoa_session_t *s = hub->sessions; s; s = s->hh.next)
+        enqueue(s, msg);
+    stoa_msg_unref(msg);
+    hub_unlock(hub);
+}
+
+char *stoa_hub_session_json(stoa_session_t *s)
+{
+    json_object *o = json_object_new_object(), *rooms = json_object_new_array();
+    char *text;
+    hub_lock(s->hub);
+    json_object_object_add(o, "session", json_object_new_string(s->id));
+    json_object_object_add(o, "peer", json_object_new_string(s->peer));
+    json_object_object_add(o, "user", json_object_get(s->user));
+    json_object_object_add(o, "transport", s->ops ? json_object_new_string(s->ops->name) : NULL);
+    for (membership_t *m = s->rooms; m; m = m->hh_sess.next)
+        json_object_array_add(rooms, json_object_new_string(m->room->name));
+    json_object_object_add(o, "rooms", rooms);
+    json_object_object_add(o, "seq", json_object_new_int64((int64_t)(s->next_seq - 1)));
+    json_object_object_add(o, "delivered", json_object_new_int64((int64_t)s->cursor));
+    json_object_object_add(o, "buffered", json_object_new_int64((int64_t)s->len));
+    text = stoa_xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    json_object_put(o);
+    hub_unlock(s->hub);
+    return text;
+}
+
+json_object *stoa_hub_transport_counts(stoa_hub_t *hub)
+{
+    json_object *o = json_object_new_object();
+    hub_lock(hub);
+    for (stoa_session_t *s = hub->sessions; s; s = s->hh.next) {
+        const char *name = s->ops ? s->ops->name : "none";
+        json_object *n = NULL;
+        int64_t count = json_object_object_get_ex(o, name, &n) ? json_object_get_int64(n) : 0;
+        json_object_object_add(o, name, json_object_new_int64(count + 1));
+    }
+    hub_unlock(hub);
+    return o;
 }
 
 void stoa_hub_stats(stoa_hub_t *hub, size_t *sessions, size_t *rooms)

@@ -111,18 +111,33 @@ static bool valid_id(json_object *id)
     }
 }
 
-stoa_err_t stoa_proto_handle(stoa_session_t *sess, const char *text, size_t len)
+/* Report an error: into `errors` when given, else on the session's stream. */
+static void report(stoa_session_t *sess, json_object *errors, stoa_err_t code, const char *why, json_object *id,
+                   const char *room)
 {
-    json_object *msg = NULL, *id = NULL, *type, *room_obj, *arg = NULL;
+    json_object *e;
+    if (!errors) {
+        stoa_proto_error(sess, code, why, id, room);
+        return;
+    }
+    e = json_object_new_object();
+    json_object_object_add(e, "code", json_object_new_string(stoa_err_name(code)));
+    json_object_object_add(e, "message", json_object_new_string(why));
+    if (id)
+        json_object_object_add(e, "id", json_object_get(id));
+    if (room)
+        json_object_object_add(e, "room", json_object_new_string(room));
+    json_object_array_add(errors, e);
+}
+
+stoa_err_t stoa_proto_handle_json(stoa_session_t *sess, json_object *msg, json_object *errors)
+{
+    json_object *id = NULL, *type, *room_obj, *arg = NULL;
     const command_t *cmd = NULL;
     const char *room = NULL, *type_name;
     char why[256] = "";
     stoa_err_t err = STOA_OK;
 
-    if (len == 0 || parse(text, len, &msg, why, sizeof why) < 0) {
-        stoa_proto_error(sess, STOA_ERR_BAD_JSON, len ? why : "empty message", NULL, NULL);
-        return STOA_ERR_BAD_JSON;
-    }
     if (!json_object_is_type(msg, json_type_object)) {
         err = STOA_ERR_BAD_MESSAGE;
         snprintf(why, sizeof why, "a message is a JSON object with a \"type\"");
@@ -164,7 +179,35 @@ stoa_err_t stoa_proto_handle(stoa_session_t *sess, const char *text, size_t len)
     err = cmd->handler(sess, room, arg, id, why, sizeof why);
 out:
     if (err)
-        stoa_proto_error(sess, err, why, id, room);
+        report(sess, errors, err, why, id, room);
+    return err;
+}
+
+stoa_err_t stoa_proto_handle(stoa_session_t *sess, const char *text, size_t len)
+{
+    json_object *msg = NULL;
+    char why[256] = "";
+    stoa_err_t err;
+
+    if (len == 0 || parse(text, len, &msg, why, sizeof why) < 0) {
+        stoa_proto_error(sess, STOA_ERR_BAD_JSON, len ? why : "empty message", NULL, NULL);
+        return STOA_ERR_BAD_JSON;
+    }
+    err = stoa_proto_handle_json(sess, msg, NULL);
     json_object_put(msg);
     return err;
+}
+
+json_object *stoa_proto_parse(const char *text, size_t len, char *why, size_t whylen)
+{
+    json_object *obj = NULL;
+    if (len == 0) {
+        snprintf(why, whylen, "empty message");
+        return NULL;
+    }
+    if (parse(text, len, &obj, why, whylen) < 0)
+        return NULL;
+    if (!obj)
+        snprintf(why, whylen, "expected a JSON object, got null");
+    return obj;
 }

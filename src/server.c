@@ -93,12 +93,14 @@ int stoa_server_run(const stoa_config_t *cfg)
             STOA_INFO("received %s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
             break;
         }
+        stoa_http_tick(http, stoa_now_ms());
         if (stoa_now_ms() >= next_tick) {
             stoa_hub_tick(hub, stoa_now_ms());
             next_tick += 1000;
         }
     }
     rc = 0;
+    stoa_hub_notice(hub, "warn", "the server is shutting down");
     goto out;
 fail:
     STOA_ERROR("%s", err);

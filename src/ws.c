@@ -370,17 +370,14 @@ static void lws_logger(int level, const char *line)
     stoa_log(level == LLL_ERR ? STOA_LOG_ERROR : STOA_LOG_DEBUG, "lws: %.*s", (int)len, line);
 }
 
-/* Service thread, on stop: tell every peer, close with 1001, and keep
- * serving until they are gone or shutdown_timeout_ms passes. */
+/* Service thread, on stop: send what is queued (the server's shutdown
+ * notice last), close with 1001, and keep serving until they are gone or
+ * shutdown_timeout_ms passes. */
 static void say_goodbye(stoa_ws_t *ws)
 {
     int64_t deadline = stoa_now_ms() + ws->cfg->shutdown_timeout_ms;
     for (conn_t *c = ws->conns; c; c = c->hh.next) {
-        if (c->sess) {
-            /* The notice goes out in turn, after what was queued before it. */
-            stoa_hub_send(c->sess, stoa_wire_notice("warn", "the server is shutting down"));
-            c->going_away = true;
-        }
+        c->going_away = true;
         lws_callback_on_writable(c->wsi);
     }
     /* A negative timeout makes lws_service poll without waiting, so the

@@ -56,6 +56,11 @@ typedef struct stoa_config {
     int ephemeral_burst;
     double join_rate;           /* joins plus leaves per second */
     int join_burst;
+    int sse_heartbeat_s;
+    int sse_retry_ms;
+    int sse_padding_bytes;
+    int poll_timeout_ms;
+    int poll_max_bytes;
     int handshake_timeout_ms;
     int max_pending_handshakes;
     int http_memory_limit;

@@ -8,6 +8,7 @@
 #define STOA_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "stoa/auth.h"
@@ -22,7 +23,11 @@ stoa_http_t *stoa_http_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa
                            size_t errlen);
 /* Hand over an accepted socket (ownership passes; closed on failure). */
 void stoa_http_add(stoa_http_t *http, int fd, const struct sockaddr *addr, socklen_t addrlen);
-/* Stop the daemon and free. */
+/* Resume parked streams and polls whose deadline passed (heartbeats,
+ * poll timeouts). Call about every 250 ms from any thread. */
+void stoa_http_tick(stoa_http_t *http, int64_t now_ms);
+/* End every stream and poll (bounded by shutdown_timeout_ms), stop the
+ * daemon and free. */
 void stoa_http_free(stoa_http_t *http);
 
 #endif

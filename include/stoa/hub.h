@@ -118,6 +118,9 @@ stoa_err_t stoa_hub_heartbeat(stoa_session_t *sess, const char *room, json_objec
 stoa_err_t stoa_hub_ephemeral(stoa_session_t *sess, const char *room, json_object *data, json_object *id,
                               char *why, size_t whylen);
 
+/* Queue a `notice` for every session (one message, shared). */
+void stoa_hub_notice(stoa_hub_t *hub, const char *level, const char *message);
+
 /* Queue msg (ownership of the reference taken) for this session only. */
 void stoa_hub_send(stoa_session_t *sess, stoa_msg_t *msg);
 
@@ -127,6 +130,8 @@ void stoa_hub_send(stoa_session_t *sess, stoa_msg_t *msg);
  * nothing more, or when conn is not (or no longer) the session's
  * connection, which *gone (if not NULL) then reports. */
 stoa_msg_t *stoa_session_next(stoa_session_t *sess, void *conn, uint64_t *seq, bool *gone);
+/* The delivery cursor: the last seq handed to a connection. */
+uint64_t stoa_session_delivered(stoa_session_t *sess);
 /* The client has everything up to seq: the buffer may drop it. */
 void stoa_session_ack(stoa_session_t *sess, uint64_t seq);
 /* The per-connection object the session is attached to, if it is attached
@@ -141,6 +146,14 @@ void stoa_hub_tick(stoa_hub_t *hub, int64_t now_ms);
 /* {"room":..., "peers":[{"peer","user","state"}...]} as JSON text owned by
  * the caller (free()); a room nobody is in has no peers. */
 char *stoa_hub_room_json(stoa_hub_t *hub, const char *room);
+
+/* The session as the server sees it: {"session","peer","user","transport"
+ * (name or null),"rooms","seq" (last numbered),"delivered","buffered"},
+ * JSON text owned by the caller (free()). */
+char *stoa_hub_session_json(stoa_session_t *sess);
+/* Open sessions per attached transport name ("none" when detached): a new
+ * JSON object owned by the caller. */
+json_object *stoa_hub_transport_counts(stoa_hub_t *hub);
 
 /* Sessions open and rooms with at least one peer. */
 void stoa_hub_stats(stoa_hub_t *hub, size_t *sessions, size_t *rooms);

@@ -20,6 +20,16 @@
  * Returns STOA_OK or the error code that was reported to the client. */
 stoa_err_t stoa_proto_handle(stoa_session_t *sess, const char *text, size_t len);
 
+/* The same for a message already parsed (borrowed). With `errors` (a JSON
+ * array), problems are appended there as {"code","message","id"?,"room"?}
+ * instead of being queued on the session: a REST caller gets them in its
+ * answer. */
+stoa_err_t stoa_proto_handle_json(stoa_session_t *sess, json_object *msg, json_object *errors);
+
+/* Parse client JSON text with the protocol's strictness and depth limit.
+ * Returns a new object owned by the caller, or NULL with the reason. */
+json_object *stoa_proto_parse(const char *text, size_t len, char *why, size_t whylen);
+
 /* Report an error to the session (queues an `error` message). */
 void stoa_proto_error(stoa_session_t *sess, stoa_err_t code, const char *message, json_object *id,
                       const char *room);

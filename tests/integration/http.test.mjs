@@ -43,13 +43,14 @@ describe('REST', () => {
     ]);
   });
 
-  it('GET /healthz: status, version, sessions and rooms', async () => {
+  it('GET /healthz: status, version, sessions, rooms and transports', async () => {
     let r = await srv.fetch('/healthz');
     assert.equal(r.status, 200);
     assert.match(r.headers.get('content-type'), /^application\/json/);
     assert.equal(r.headers.get('cache-control'), 'no-store');
     let body = await r.json();
-    assert.deepEqual(Object.keys(body).sort(), ['rooms', 'sessions', 'status', 'version']);
+    assert.deepEqual(Object.keys(body).sort(), ['rooms', 'sessions', 'status', 'transports', 'version']);
+    assert.deepEqual(body.transports, {});
     assert.equal(body.status, 'ok');
     assert.match(body.version, /^\d+\.\d+\.\d+/);
     assert.equal(body.sessions, 0);
@@ -60,6 +61,7 @@ describe('REST', () => {
     body = await (await srv.fetch('/healthz')).json();
     assert.equal(body.sessions, 1);
     assert.equal(body.rooms, 2);
+    assert.deepEqual(body.transports, { websocket: 1 });
     await c.close();
     // The session is gone once the server has seen the close.
     for (let i = 0; i < 100 && body.sessions !== 0; i++) {
