@@ -189,7 +189,8 @@ enum MHD_Result stoa_sse_open(call_t *c)
         return STOA_HTTP_ERROR(c, code, "%s", why);
     }
     x->last_write_ms = stoa_now_ms();
-    r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, sse_read, x, sse_free);
+    /* A small block: each stream holds one, and messages are small. */
+    r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, x, sse_free);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache, no-store, no-transform");
     MHD_add_response_header(r, "X-Accel-Buffering", "no");
