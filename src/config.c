@@ -44,6 +44,7 @@ static const setting_t settings[] = {
     S(anonymous_rights, "{\"*\":\"r\"}", "room rights of anonymous peers, JSON object pattern -> r|rw"),
     S(allowed_origins, "", "browser Origins allowed, comma-separated; * for any; same-origin always allowed"),
     S(token_cookie, "stoa_token", "name of the cookie that may carry the token"),
+    S(api_keys, "", "integrator API keys (Authorization: Bearer <key>), comma-separated, each at least 24 characters; empty disables the integrator API"),
     I(heartbeat_interval_s, "30", 1, 3600, "interval clients are told to heartbeat each room at, seconds"),
     I(heartbeat_timeout_s, "75", 2, 7200, "silence in a room after which a peer is evicted, seconds"),
     I(max_message_bytes, "65536", 256, 16777216, "largest client message, bytes"),

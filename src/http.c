@@ -191,6 +191,10 @@ static const route_t routes[] = {
     {"POST", "/v1/sessions/{}/messages", stoa_sessions_post_messages},
     {"GET", "/v1/sessions/{}/sse", stoa_sse_open},
     {"GET", "/v1/sessions/{}/poll", stoa_longpoll_poll},
+    {"GET", "/v1/rooms", stoa_integrator_rooms},
+    {"POST", "/v1/rooms/{}/publish", stoa_integrator_publish},
+    {"DELETE", "/v1/rooms/{}/peers/{}", stoa_integrator_kick},
+    {"POST", "/v1/notices", stoa_integrator_notice},
     {"GET", "/v1/auth/me", h_me},
     {"POST", "/v1/auth/anonymous", h_anonymous},
     {"GET", "/v1/rooms/{}/presence", h_presence},
@@ -198,13 +202,17 @@ static const route_t routes[] = {
 };
 
 /* Match url against pattern; on a match copy the {} segment into arg. */
-static bool match(const char *pattern, const char *url, char *arg, size_t arglen)
+/* Match url against pattern; on a match copy the {} segments into c->arg
+ * and c->arg2. */
+static bool match(const char *pattern, const char *url, call_t *c)
 {
+    int nargs = 0;
     while (*pattern && *url) {
         if (pattern[0] == '{' && pattern[1] == '}') {
             const char *end = strchr(url, '/');
             size_t len = end ? (size_t)(end - url) : strlen(url);
-            if (len == 0 || len >= arglen)
+            char *arg = nargs++ == 0 ? c->arg : c->arg2;
+            if (len == 0 || len >= PATH_ARG_MAX || nargs > 2)
                 return false;
             memcpy(arg, url, len);
             arg[len] = '\0';
@@ -294,7 +302,7 @@ static enum MHD_Result dispatch(call_t *c, const char *url)
         return STOA_HTTP_ERROR(c, STOA_ERR_MESSAGE_TOO_LARGE, "request body larger than %d bytes",
                           h->cfg->max_message_bytes);
     for (size_t i = 0; i < STOA_ARRAY_LEN(routes); i++) {
-        if (!match(routes[i].pattern, url, c->arg, sizeof c->arg))
+        if (!match(routes[i].pattern, url, c))
             continue;
         if (strcmp(routes[i].method, c->method) == 0)
             return routes[i].handler(c);

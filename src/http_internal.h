@@ -40,7 +40,8 @@ typedef struct call {
     struct MHD_Connection *conn;
     const char *method;
     request_t *req;
-    char arg[PATH_ARG_MAX];      /* the {} segment, when the route has one */
+    char arg[PATH_ARG_MAX];      /* the first {} segment, when the route has one */
+    char arg2[PATH_ARG_MAX];     /* the second */
     const char *origin;          /* allowed Origin to echo in CORS headers, or NULL */
 } call_t;
 
@@ -84,6 +85,10 @@ enum MHD_Result stoa_sessions_delete(call_t *c);
 enum MHD_Result stoa_sessions_post_messages(call_t *c);
 enum MHD_Result stoa_sse_open(call_t *c);
 enum MHD_Result stoa_longpoll_poll(call_t *c);
+enum MHD_Result stoa_integrator_rooms(call_t *c);
+enum MHD_Result stoa_integrator_publish(call_t *c);
+enum MHD_Result stoa_integrator_kick(call_t *c);
+enum MHD_Result stoa_integrator_notice(call_t *c);
 
 /* The wake of SSE and long-poll: transport is the park, conn the parked
  * connection (stoa_park_wake checks it is still there). */

@@ -92,7 +92,7 @@ struct stoa_hub {
     json_object *limits;
 };
 
-static const char *const reason_names[] = {"leave", "disconnect", "timeout"};
+static const char *const reason_names[] = {"leave", "disconnect", "timeout", "kicked"};
 
 const char *stoa_left_reason_name(stoa_left_reason_t reason)
 {
@@ -271,8 +271,8 @@ static void remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason
     HASH_DELETE(hh_room, room->members, m);
     HASH_DELETE(hh_sess, s->rooms, m);
     broadcast(room, NULL, left);
-    if (reason == STOA_LEFT_TIMEOUT)
-        enqueue(s, left);
+    if (reason == STOA_LEFT_TIMEOUT || reason == STOA_LEFT_KICKED)
+        enqueue(s, left);   /* it did not ask: tell it too */
     stoa_msg_unref(left);
     STOA_DEBUG("peer %s left %s (%s)", s->peer, room->name, stoa_left_reason_name(reason));
     json_object_put(m->state);
@@ -844,6 +844,61 @@ char *stoa_hub_room_json(stoa_hub_t *hub, const char *room_name)
     json_object_put(o);
     hub_unlock(hub);
     return text;
+}
+
+stoa_err_t stoa_hub_publish(stoa_hub_t *hub, const char *room_name, json_object *data, size_t *delivered, char *why,
+                            size_t whylen)
+{
+    const char *reason;
+    room_t *room;
+    stoa_msg_t *msg;
+    if (!stoa_room_valid(room_name, (size_t)hub->cfg->max_room_name_bytes, &reason)) {
+        snprintf(why, whylen, "%s", reason);
+        return STOA_ERR_BAD_ROOM;
+    }
+    hub_lock(hub);
+    *delivered = 0;
+    HASH_FIND_STR(hub->rooms, room_name, room);
+    if (room) {
+        msg = stoa_wire_server_message(room_name, data);
+        broadcast(room, NULL, msg);
+        stoa_msg_unref(msg);
+        *delivered = HASH_CNT(hh_room, room->members);
+    }
+    hub_unlock(hub);
+    return STOA_OK;
+}
+
+stoa_err_t stoa_hub_kick(stoa_hub_t *hub, const char *room_name, const char *peer, char *why, size_t whylen)
+{
+    room_t *room;
+    membership_t *m = NULL;
+    hub_lock(hub);
+    HASH_FIND_STR(hub->rooms, room_name, room);
+    if (room)
+        HASH_FIND(hh_room, room->members, peer, strlen(peer), m);
+    if (m)
+        remove_membership(hub, m, STOA_LEFT_KICKED);
+    hub_unlock(hub);
+    if (!m) {
+        snprintf(why, whylen, "peer %.40s is not in %.200s", peer, room_name);
+        return STOA_ERR_NOT_FOUND;
+    }
+    return STOA_OK;
+}
+
+json_object *stoa_hub_rooms(stoa_hub_t *hub)
+{
+    json_object *arr = json_object_new_array();
+    hub_lock(hub);
+    for (room_t *r = hub->rooms; r; r = r->hh.next) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "room", json_object_new_string(r->name));
+        json_object_object_add(o, "peers", json_object_new_int64((int64_t)HASH_CNT(hh_room, r->members)));
+        json_object_array_add(arr, o);
+    }
+    hub_unlock(hub);
+    return arr;
 }
 
 void stoa_hub_notice(stoa_hub_t *hub, const char *level, const char *message)

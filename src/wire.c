@@ -102,6 +102,14 @@ stoa_msg_t *stoa_wire_ephemeral(const char *room, const char *from, json_object 
     return finish(o);
 }
 
+stoa_msg_t *stoa_wire_server_message(const char *room, json_object *data)
+{
+    json_object *o = start("message");
+    add_str(o, "room", room);
+    add_ref(o, "data", data);
+    return finish(o);
+}
+
 stoa_msg_t *stoa_wire_notice(const char *level, const char *message)
 {
     json_object *o = start("notice");

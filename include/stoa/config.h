@@ -36,6 +36,7 @@ typedef struct stoa_config {
     char *anonymous_rights;     /* JSON object of room pattern -> "r"/"rw" */
     char *allowed_origins;      /* comma-separated; "*" allows any */
     char *token_cookie;
+    char *api_keys;             /* integrator API keys, comma-separated */
     /* presence */
     int heartbeat_interval_s;
     int heartbeat_timeout_s;

@@ -42,6 +42,7 @@ typedef enum {
     STOA_LEFT_LEAVE,        /* "leave": the peer asked */
     STOA_LEFT_DISCONNECT,   /* "disconnect": its connection closed or was dropped */
     STOA_LEFT_TIMEOUT,      /* "timeout": no heartbeat within heartbeat_timeout_s */
+    STOA_LEFT_KICKED,       /* "kicked": removed through the integrator API */
 } stoa_left_reason_t;
 
 const char *stoa_left_reason_name(stoa_left_reason_t reason);
@@ -117,6 +118,18 @@ stoa_err_t stoa_hub_heartbeat(stoa_session_t *sess, const char *room, json_objec
                               size_t whylen);
 stoa_err_t stoa_hub_ephemeral(stoa_session_t *sess, const char *room, json_object *data, json_object *id,
                               char *why, size_t whylen);
+
+/* Integrator operations (callers have checked the API key).
+ * Publish a server `message` {room, data} to every peer of room (data
+ * borrowed); *delivered receives how many peers got it. */
+stoa_err_t stoa_hub_publish(stoa_hub_t *hub, const char *room, json_object *data, size_t *delivered, char *why,
+                            size_t whylen);
+/* Remove peer from room with reason "kicked" (it is told too). STOA_OK or
+ * STOA_ERR_NOT_FOUND. */
+stoa_err_t stoa_hub_kick(stoa_hub_t *hub, const char *room, const char *peer, char *why, size_t whylen);
+/* [{"room","peers"}] of every room with peers: a new array owned by the
+ * caller. */
+json_object *stoa_hub_rooms(stoa_hub_t *hub);
 
 /* Queue a `notice` for every session (one message, shared). */
 void stoa_hub_notice(stoa_hub_t *hub, const char *level, const char *message);

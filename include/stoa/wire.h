@@ -26,6 +26,8 @@ stoa_msg_t *stoa_wire_peer_joined(const char *room, const char *peer, json_objec
 stoa_msg_t *stoa_wire_presence(const char *room, const char *peer, json_object *state);
 stoa_msg_t *stoa_wire_peer_left(const char *room, const char *peer, const char *reason);
 stoa_msg_t *stoa_wire_ephemeral(const char *room, const char *from, json_object *user, json_object *data);
+/* A message from the application's backend (integrator API) to a room. */
+stoa_msg_t *stoa_wire_server_message(const char *room, json_object *data);
 stoa_msg_t *stoa_wire_notice(const char *level, const char *message);
 stoa_msg_t *stoa_wire_error(stoa_err_t code, const char *message, json_object *id, const char *room);
 stoa_msg_t *stoa_wire_ack(json_object *id);
