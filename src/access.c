@@ -1,5 +1,6 @@
 /* access.c - tokens, Origins and identities of incoming requests. */
 #include "stoa/access.h"
+#include "stoa/util.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -58,28 +59,16 @@ static bool same_origin(const char *origin, const char *host)
 
 bool stoa_access_origin_allowed(const stoa_config_t *cfg, const char *origin, const char *host)
 {
-    const char *list = cfg->allowed_origins;
-    size_t olen;
+    const char *cursor = cfg->allowed_origins, *item;
+    size_t olen, len;
     if (!origin || !origin[0])
         return true;
     if (same_origin(origin, host))
         return true;
     olen = strlen(origin);
-    while (*list) {
-        const char *end = strchr(list, ',');
-        size_t len = end ? (size_t)(end - list) : strlen(list);
-        while (len > 0 && *list == ' ') {
-            list++;
-            len--;
-        }
-        while (len > 0 && list[len - 1] == ' ')
-            len--;
-        if ((len == 1 && list[0] == '*') || (len == olen && strncasecmp(list, origin, len) == 0))
+    while ((item = stoa_list_next(&cursor, &len)))
+        if ((len == 1 && item[0] == '*') || (len == olen && strncasecmp(item, origin, len) == 0))
             return true;
-        if (!end)
-            break;
-        list = end + 1;
-    }
     return false;
 }
 

@@ -310,6 +310,15 @@ int stoa_config_load(stoa_config_t *cfg, int argc, char **argv, char **envp, cha
                  cfg->heartbeat_timeout_s, cfg->heartbeat_interval_s);
         return -1;
     }
+    {
+        const char *cursor = cfg->api_keys, *key;
+        size_t len;
+        while ((key = stoa_list_next(&cursor, &len)))
+            if (len < 24) {
+                snprintf(err, errlen, "api_keys: every key must have at least 24 characters (one has %zu)", len);
+                return -1;
+            }
+    }
     if (cfg->max_message_bytes < cfg->max_state_bytes) {
         snprintf(err, errlen, "max_message_bytes must be at least max_state_bytes");
         return -1;

@@ -30,28 +30,16 @@ static bool same_secret(const char *a, size_t alen, const char *b, size_t blen)
 static bool authorized(call_t *c)
 {
     const char *authz = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-    const char *list = c->http->cfg->api_keys, *key;
-    size_t klen;
+    const char *cursor = c->http->cfg->api_keys, *item, *key;
+    size_t klen, len;
     bool ok = false;
     if (!authz || strncasecmp(authz, "Bearer ", 7) != 0)
         return false;
     key = authz + 7;
     klen = strlen(key);
-    while (*list) {
-        const char *end = strchr(list, ',');
-        size_t len = end ? (size_t)(end - list) : strlen(list);
-        while (len > 0 && *list == ' ') {
-            list++;
-            len--;
-        }
-        while (len > 0 && list[len - 1] == ' ')
-            len--;
-        if (len >= API_KEY_MIN && same_secret(key, klen, list, len))
+    while ((item = stoa_list_next(&cursor, &len)))
+        if (len >= API_KEY_MIN && same_secret(key, klen, item, len))
             ok = true;   /* keep going: same work whichever key matched */
-        if (!end)
-            break;
-        list = end + 1;
-    }
     return ok;
 }
 

@@ -106,3 +106,22 @@ void stoa_random_id(char *out, size_t chars)
     }
     out[chars] = '\0';
 }
+
+const char *stoa_list_next(const char **cursor, size_t *len)
+{
+    const char *item = *cursor, *end;
+    size_t n;
+    if (!item || !*item)
+        return NULL;
+    end = strchr(item, ',');
+    n = end ? (size_t)(end - item) : strlen(item);
+    *cursor = end ? end + 1 : item + n;
+    while (n > 0 && *item == ' ') {
+        item++;
+        n--;
+    }
+    while (n > 0 && item[n - 1] == ' ')
+        n--;
+    *len = n;
+    return item;
+}

@@ -30,6 +30,11 @@ void stoa_random_id(char *out, size_t chars);
 /* Uniform random number in [0, bound). */
 uint32_t stoa_random_below(uint32_t bound);
 
+/* Walk a comma-separated list: the next item (spaces around it trimmed,
+ * possibly empty) with its length in *len, advancing *cursor; NULL when
+ * the list is done. The item points into the list; it is not terminated. */
+const char *stoa_list_next(const char **cursor, size_t *len);
+
 #define STOA_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif

@@ -122,3 +122,12 @@ describe('integrator API without api_keys', () => {
   });
   itStopsCleanly(srv);
 });
+
+describe('api_keys validation', () => {
+  it('a key shorter than 24 characters is refused at start (exit 2)', async () => {
+    const { runStoa } = await import('./lib/stoa.mjs');
+    const r = await runStoa(['serve', '--api-keys', 'short-key', '--listen', '127.0.0.1:0']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /api_keys: every key must have at least 24 characters/);
+  });
+});
