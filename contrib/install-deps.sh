@@ -5,9 +5,12 @@
 set -euo pipefail
 
 want=(gcc make cmake pkg-config ca-certificates
-      libmicrohttpd-dev libwebsockets-dev libjson-c-dev libjwt-dev libinih-dev uthash-dev)
+      libmicrohttpd-dev libwebsockets-dev libjson-c-dev libjwt-dev libinih-dev uthash-dev zlib1g-dev
+      libpq-dev)
 if [ "${1:-}" = "--test" ]; then
   want+=(clang check openssl procps curl)
+  # tests/integration/lib/pg.mjs starts a throw-away PostgreSQL server.
+  want+=(postgresql)
   # Node.js runs the black-box tests; keep one that is already installed.
   command -v node >/dev/null 2>&1 || want+=(nodejs)
   command -v npm >/dev/null 2>&1 || want+=(npm)

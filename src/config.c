@@ -30,6 +30,7 @@ static const setting_t settings[] = {
     S(config_file, "", "INI file to read settings from (keys as named here)"),
     S(listen, "127.0.0.1:8080", "address:port of the one public port (HTTP, SSE, long-poll, WebSocket)"),
     S(data_dir, "./stoa-data", "directory of the embedded store (generated development secret, snapshots)"),
+    S(database_url, "", "PostgreSQL connection URL (postgresql://user:password@host:5432/db; also --database); stoa migrate creates the schema; empty: the embedded single-instance default, no database"),
     S(www_dir, "./www", "directory served at / (the browser client); empty disables"),
     S(log_level, "info", "error, warn, info or debug"),
     S(jwt_alg, "HS256", "the one JWT algorithm accepted: HS256, RS256 or ES256 (never none)"),
@@ -74,7 +75,13 @@ static const setting_t settings[] = {
     I(ws_ping_interval_s, "20", 1, 3600, "idle WebSocket time before the server pings, seconds"),
     I(ws_idle_timeout_s, "60", 2, 7200, "idle WebSocket time (no pong, no data) before it is closed, seconds"),
     I(shutdown_timeout_ms, "5000", 0, 600000, "time open connections get to close on shutdown"),
+    I(snapshot_max_bytes, "1048576", 1024, 67108864, "largest document snapshot (PUT /v1/rooms/{room}/snapshot body), bytes"),
+    I(snapshot_warn_bytes, "524288", 1024, 67108864, "snapshot size above which a save is logged as a warning, bytes"),
+    I(snapshot_keep, "10", 1, 10000, "snapshot versions kept per room (older ones are pruned on save)"),
 };
+
+/* Flag-only short names: --database is --database-url. */
+static const struct { const char *flag, *name; } flag_aliases[] = {{"database", "database_url"}};
 
 static void *field(stoa_config_t *cfg, const setting_t *s)
 {
@@ -220,6 +227,9 @@ static int parse_flag(stoa_config_t *cfg, int argc, char **argv, int i, int only
     eq = strchr(name, '=');
     len = eq ? (size_t)(eq - name) : strlen(name);
     s = find_setting(name, len);
+    for (size_t a = 0; !s && a < STOA_ARRAY_LEN(flag_aliases); a++)
+        if (strlen(flag_aliases[a].flag) == len && strncmp(name, flag_aliases[a].flag, len) == 0)
+            s = find_setting(flag_aliases[a].name, strlen(flag_aliases[a].name));
     if (!s && strncmp(name, "no-", 3) == 0 && !eq) {
         s = find_setting(name + 3, len - 3);
         if (s && s->type == T_BOOL)

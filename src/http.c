@@ -198,6 +198,10 @@ static const route_t routes[] = {
     {"GET", "/v1/auth/me", h_me},
     {"POST", "/v1/auth/anonymous", h_anonymous},
     {"GET", "/v1/rooms/{}/presence", h_presence},
+    {"GET", "/v1/rooms/{}/snapshot", stoa_snapshot_get},
+    {"PUT", "/v1/rooms/{}/snapshot", stoa_snapshot_put},
+    {"GET", "/v1/rooms/{}/snapshots", stoa_snapshot_list},
+    {"GET", "/v1/rooms/{}/snapshots/{}", stoa_snapshot_get_version},
     {"GET", "/v1/ws", h_ws_plain},
 };
 
@@ -285,6 +289,16 @@ static enum MHD_Result serve_file(call_t *c, const char *url)
 
 /* ---- dispatch ---- */
 
+/* The largest request body: snapshot_max_bytes for a snapshot save,
+ * max_message_bytes for anything else. */
+static size_t body_limit(const stoa_http_t *h, const char *method, const char *url)
+{
+    call_t scratch;
+    if (strcmp(method, "PUT") == 0 && match("/v1/rooms/{}/snapshot", url, &scratch))
+        return (size_t)h->cfg->snapshot_max_bytes;
+    return (size_t)h->cfg->max_message_bytes;
+}
+
 static enum MHD_Result dispatch(call_t *c, const char *url)
 {
     stoa_http_t *h = c->http;
@@ -299,8 +313,8 @@ static enum MHD_Result dispatch(call_t *c, const char *url)
         c->origin = origin;
     }
     if (c->req->too_big)
-        return STOA_HTTP_ERROR(c, STOA_ERR_MESSAGE_TOO_LARGE, "request body larger than %d bytes",
-                          h->cfg->max_message_bytes);
+        return STOA_HTTP_ERROR(c, STOA_ERR_MESSAGE_TOO_LARGE, "request body larger than %zu bytes",
+                          body_limit(h, c->method, url));
     for (size_t i = 0; i < STOA_ARRAY_LEN(routes); i++) {
         if (!match(routes[i].pattern, url, c))
             continue;
@@ -349,7 +363,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
-        if (!req->too_big && req->len + n <= (size_t)h->cfg->max_message_bytes) {
+        if (!req->too_big && req->len + n <= body_limit(h, method, url)) {
             req->body = stoa_xrealloc(req->body, req->len + n + 1);
             memcpy(req->body + req->len, upload_data, n);
             req->len += n;
@@ -392,13 +406,14 @@ __attribute__((format(printf, 2, 0))) static void mhd_logger(void *cls, const ch
     STOA_DEBUG("mhd: %s", line);
 }
 
-stoa_http_t *stoa_http_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa_auth_t *auth, char *err,
-                           size_t errlen)
+stoa_http_t *stoa_http_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa_auth_t *auth,
+                           stoa_store_t *store, char *err, size_t errlen)
 {
     stoa_http_t *h = stoa_xcalloc(1, sizeof *h);
     h->cfg = cfg;
     h->hub = hub;
     h->auth = auth;
+    h->store = store;
     h->park = stoa_park_new();
     h->daemon = MHD_start_daemon(
         MHD_USE_NO_LISTEN_SOCKET | MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |

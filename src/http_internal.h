@@ -13,6 +13,7 @@
 #include "stoa/http.h"
 #include "stoa/hub.h"
 #include "stoa/park.h"
+#include "stoa/store.h"
 
 #define PATH_ARG_MAX 1024
 
@@ -21,6 +22,7 @@ struct stoa_http {
     stoa_hub_t *hub;
     const stoa_auth_t *auth;
     stoa_park_t *park;
+    stoa_store_t *store;
     struct MHD_Daemon *daemon;
 };
 
@@ -85,6 +87,10 @@ enum MHD_Result stoa_sessions_delete(call_t *c);
 enum MHD_Result stoa_sessions_post_messages(call_t *c);
 enum MHD_Result stoa_sse_open(call_t *c);
 enum MHD_Result stoa_longpoll_poll(call_t *c);
+enum MHD_Result stoa_snapshot_get(call_t *c);
+enum MHD_Result stoa_snapshot_put(call_t *c);
+enum MHD_Result stoa_snapshot_list(call_t *c);
+enum MHD_Result stoa_snapshot_get_version(call_t *c);
 enum MHD_Result stoa_integrator_rooms(call_t *c);
 enum MHD_Result stoa_integrator_publish(call_t *c);
 enum MHD_Result stoa_integrator_kick(call_t *c);

@@ -1,6 +1,7 @@
-/* main.c - the stoa command: serve, token, version. */
+/* main.c - the stoa command: serve, migrate, token, version. */
 #include "stoa/auth.h"
 #include "stoa/config.h"
+#include "stoa/db.h"
 #include "stoa/log.h"
 #include "stoa/names.h"
 #include "stoa/server.h"
@@ -20,6 +21,7 @@ static void usage(FILE *out)
             "  serve     run the server (stoa serve --help lists every setting)\n"
             "  token     mint a signed token: stoa token --sub ID [--name NAME] [--color #rrggbb]\n"
             "            [--rooms JSON] [--anon] [--ttl SECONDS] [settings...]\n"
+            "  migrate   create or upgrade the PostgreSQL schema: stoa migrate --database URL\n"
             "  version   print the version\n");
 }
 
@@ -45,6 +47,47 @@ static int cmd_serve(int argc, char **argv)
     } else {
         rc = 2;
     }
+    stoa_config_free(cfg);
+    return rc;
+}
+
+static int cmd_migrate(int argc, char **argv)
+{
+    stoa_config_t *cfg = stoa_config_new();
+    stoa_db_t *db = NULL;
+    char err[1024];
+    int rc = load_config(cfg, argc, argv), n;
+
+    if (rc == 1) {
+        printf("usage: stoa migrate --database URL [settings...]\n\n"
+               "Apply the schema migrations this stoa carries (%d, the newest) that the\n"
+               "database lacks, in order, each in its own transaction. Running it again\n"
+               "applies nothing. The URL may also come from STOA_DATABASE_URL or the\n"
+               "config file (database_url).\n", stoa_db_latest_version());
+        rc = 0;
+        goto out;
+    }
+    if (rc < 0) {
+        rc = 2;
+        goto out;
+    }
+    if (!cfg->database_url[0]) {
+        fprintf(stderr, "stoa migrate: no database: pass --database URL or set STOA_DATABASE_URL\n");
+        rc = 2;
+        goto out;
+    }
+    stoa_log_set_level((stoa_log_level_t)stoa_log_parse_level(cfg->log_level));
+    if (!(db = stoa_db_connect(cfg->database_url, err, sizeof err))) {
+        fprintf(stderr, "stoa migrate: %s\n", err);
+        rc = 1;
+        goto out;
+    }
+    n = stoa_db_migrate(db, stdout, err, sizeof err);
+    if (n < 0)
+        fprintf(stderr, "stoa migrate: %s\n", err);
+    rc = n < 0 ? -n : 0;   /* 2: the database is newer than this stoa; 1: a failure */
+out:
+    stoa_db_close(db);
     stoa_config_free(cfg);
     return rc;
 }
@@ -144,6 +187,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "serve") == 0)
         return cmd_serve(argc - 2, argv + 2);
+    if (strcmp(argv[1], "migrate") == 0)
+        return cmd_migrate(argc - 2, argv + 2);
     if (strcmp(argv[1], "token") == 0)
         return cmd_token(argc - 2, argv + 2);
     if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {

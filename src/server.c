@@ -7,9 +7,11 @@
 #include "stoa/server.h"
 #include "stoa/acceptor.h"
 #include "stoa/auth.h"
+#include "stoa/db.h"
 #include "stoa/http.h"
 #include "stoa/hub.h"
 #include "stoa/log.h"
+#include "stoa/store.h"
 #include "stoa/util.h"
 #include "stoa/ws.h"
 
@@ -52,7 +54,9 @@ int stoa_server_run(const stoa_config_t *cfg)
     char err[512];
     sigset_t sigs;
     stoa_auth_t *auth = NULL;
+    stoa_db_t *db = NULL;
     stoa_hub_t *hub = NULL;
+    stoa_store_t *store = NULL;
     stoa_http_t *http = NULL;
     stoa_ws_t *ws = NULL;
     stoa_acceptor_t *acc = NULL;
@@ -60,6 +64,16 @@ int stoa_server_run(const stoa_config_t *cfg)
     int64_t next_tick;
 
     stoa_log_set_level((stoa_log_level_t)stoa_log_parse_level(cfg->log_level));
+    /* With a database: connect, check the schema version and prove LISTEN/
+     * NOTIFY works, before anything listens (signals still default, so ^C
+     * interrupts a slow connect). The connection is kept for the bus. */
+    if (cfg->database_url[0]) {
+        int dbrc = stoa_db_open_checked(cfg->database_url, &db, err, sizeof err);
+        if (dbrc != STOA_DB_OK) {
+            STOA_ERROR("%s", err);
+            return dbrc;   /* 2: schema older or newer than this binary; 1: anything else */
+        }
+    }
     /* Block the signals in every thread; main waits for them. */
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
@@ -70,8 +84,10 @@ int stoa_server_run(const stoa_config_t *cfg)
 
     if (!(auth = stoa_auth_new(cfg, err, sizeof err)))
         goto fail;
+    if (!(store = stoa_store_open(cfg, err, sizeof err)))
+        goto fail;
     hub = stoa_hub_new(cfg);
-    if (!(http = stoa_http_new(cfg, hub, auth, err, sizeof err)))
+    if (!(http = stoa_http_new(cfg, hub, auth, store, err, sizeof err)))
         goto fail;
     if (!(ws = stoa_ws_new(cfg, hub, auth, err, sizeof err)))
         goto fail;
@@ -110,8 +126,10 @@ out:
     stoa_acceptor_free(acc);
     stoa_ws_free(ws);
     stoa_http_free(http);
+    stoa_store_close(store);
     stoa_hub_free(hub);
     stoa_auth_free(auth);
+    stoa_db_close(db);
     if (rc == 0)
         STOA_INFO("stopped");
     return rc;

@@ -23,6 +23,7 @@ typedef struct stoa_config {
     char *www_dir;
     char *log_level;
     char *config_file;
+    char *database_url;         /* PostgreSQL URL; empty: the embedded default, no database */
     /* identity */
     char *jwt_alg;              /* HS256, RS256 or ES256: the only one accepted */
     char *jwt_secret;           /* HS256 secret; empty: a generated one in data_dir */
@@ -68,6 +69,10 @@ typedef struct stoa_config {
     int ws_ping_interval_s;
     int ws_idle_timeout_s;
     int shutdown_timeout_ms;
+    /* snapshots */
+    int snapshot_max_bytes;
+    int snapshot_warn_bytes;
+    int snapshot_keep;
 } stoa_config_t;
 
 /* A new configuration holding the defaults. The caller owns it and frees

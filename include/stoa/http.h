@@ -14,13 +14,14 @@
 #include "stoa/auth.h"
 #include "stoa/config.h"
 #include "stoa/hub.h"
+#include "stoa/store.h"
 
 typedef struct stoa_http stoa_http_t;
 
-/* Start libmicrohttpd without a listening socket. cfg, hub and auth are
- * borrowed and must outlive it. NULL with err on failure. */
-stoa_http_t *stoa_http_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa_auth_t *auth, char *err,
-                           size_t errlen);
+/* Start libmicrohttpd without a listening socket. cfg, hub, auth and
+ * store are borrowed and must outlive it. NULL with err on failure. */
+stoa_http_t *stoa_http_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa_auth_t *auth,
+                           stoa_store_t *store, char *err, size_t errlen);
 /* Hand over an accepted socket (ownership passes; closed on failure). */
 void stoa_http_add(stoa_http_t *http, int fd, const struct sockaddr *addr, socklen_t addrlen);
 /* Resume parked streams and polls whose deadline passed (heartbeats,

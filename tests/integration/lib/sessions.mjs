@@ -84,6 +84,27 @@ export class Inbox {
   }
 }
 
+// ---- cleanup ----
+
+const live = new Set();
+
+/** Keep x (anything with close()) to be closed by closeAll(); returns x. */
+export function track(x) {
+  live.add(x);
+  return x;
+}
+
+/**
+ * Close every SSE stream, poller and tracked object still open, so that a
+ * failed test leaves nothing running (an EventSource would reconnect
+ * forever and keep the test process alive). Use in afterEach().
+ */
+export async function closeAll() {
+  const all = [...live];
+  live.clear();
+  await Promise.all(all.map(async (x) => { try { await x.close(); } catch { /* already gone */ } }));
+}
+
 // ---- sessions over REST ----
 
 const authHeaders = (token) => (token ? { Authorization: `Bearer ${token}` } : {});
@@ -207,7 +228,7 @@ export class SseStream extends Inbox {
     const url = path ?? `/v1/sessions/${id}/sse${q.length ? '?' + q.join('&') : ''}`;
     const h = { Accept: 'text/event-stream', ...authHeaders(token), ...headers };
     if (lastEventId !== undefined) h['Last-Event-ID'] = String(lastEventId);
-    const s = new SseStream();
+    const s = track(new SseStream());
     return new Promise((resolve, reject) => {
       const req = http.get({ host: '127.0.0.1', port: srv.port, path: url, headers: h }, (res) => {
         s.res = res;
@@ -276,6 +297,10 @@ export class SseStream extends Inbox {
     this.req.destroy();
     this.res?.destroy();
   }
+
+  close() {
+    this.cut();
+  }
 }
 
 // ---- long-poll ----
@@ -287,7 +312,7 @@ export class SseStream extends Inbox {
  */
 export class Poller extends Inbox {
   static start(srv, id, { after = 0, token } = {}) {
-    const p = new Poller(srv, id, after, token);
+    const p = track(new Poller(srv, id, after, token));
     p.loop = p._run();
     return p;
   }
@@ -343,5 +368,9 @@ export class Poller extends Inbox {
     this.stopping = true;
     if (abort) this.controller?.abort();
     await this.loop;
+  }
+
+  close() {
+    return this.stop();
   }
 }

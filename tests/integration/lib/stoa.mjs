@@ -97,10 +97,12 @@ export async function mintToken({ sub, name, color, rooms, ttl, anon, dataDir, f
  * Start `stoa serve` on a free port with a fresh data dir.
  * opts.listen: the --listen value ('127.0.0.1:0'); null leaves the flag out.
  * opts.env: extra environment variables.
+ * opts.dataDir: use this data dir (kept on stop) instead of a fresh one (removed on stop).
  * Resolves {port, url, wsUrl, dataDir, proc, exited, logs(), stop(), token(), client(), connect()}.
  */
-export async function startStoa(flags = [], { listen = '127.0.0.1:0', env = {}, wwwDir = WWW_DIR } = {}) {
-  const dataDir = mkdtempSync(join(tmpdir(), 'stoa-it-'));
+export async function startStoa(flags = [], { listen = '127.0.0.1:0', env = {}, wwwDir = WWW_DIR, dataDir: ownDir } = {}) {
+  const dataDir = ownDir ?? mkdtempSync(join(tmpdir(), 'stoa-it-'));
+  const removeDataDir = () => { if (!ownDir) rmSync(dataDir, { recursive: true, force: true }); };
   const args = ['serve'];
   if (listen !== null) args.push('--listen', listen);
   args.push('--data-dir', dataDir, '--www-dir', wwwDir, ...flags);
@@ -127,7 +129,7 @@ export async function startStoa(flags = [], { listen = '127.0.0.1:0', env = {}, 
       clearTimeout(timer);
       reject(new Error(`stoa exited (${code ?? signal}) before listening:\n${stderr}`));
     });
-  }).catch((e) => { proc.kill('SIGKILL'); rmSync(dataDir, { recursive: true, force: true }); throw e; });
+  }).catch((e) => { proc.kill('SIGKILL'); removeDataDir(); throw e; });
 
   const srv = {
     port,
@@ -165,7 +167,7 @@ export async function startStoa(flags = [], { listen = '127.0.0.1:0', env = {}, 
         clearTimeout(t);
       }
       for (const c of clients) c.terminate();
-      rmSync(dataDir, { recursive: true, force: true });
+      removeDataDir();
       return exited;   // the same {code, signal} however often stop() is called
     },
   };
