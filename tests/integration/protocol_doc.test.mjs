@@ -45,6 +45,8 @@ import {
   SseStream, closeAll, createSession, deleteSession, getSession, poll, postOk, sseEvents, parseSseLines,
 } from './lib/sessions.mjs';
 
+const API_KEY = 'protocol-doc-test-api-key-0123456789';
+
 // STOA_PROTOCOL_DOC: check another copy (to see this test fail on a wrong doc).
 const DOC = process.env.STOA_PROTOCOL_DOC || join(REPO, 'docs', 'protocol.md');
 
@@ -299,7 +301,7 @@ describe('docs/protocol.md', () => {
     before(async () => {
       // Short polls and heartbeats keep the curl examples quick; nothing
       // in the examples depends on these two.
-      srv = await startStoa(['--poll-timeout-ms', '1000', '--sse-heartbeat-s', '1']);
+      srv = await startStoa(['--poll-timeout-ms', '1000', '--sse-heartbeat-s', '1', '--api-keys', API_KEY]);
       rwToken = await srv.token({ sub: 'ada', name: 'Ada', rooms: { 'doc:*': 'rw' } });
     });
     after(async () => {
@@ -468,6 +470,17 @@ describe('docs/protocol.md', () => {
           const m = await b.next('resync');
           assert.equal(m.seq, b.welcome.seq + 1);
           return m;
+        },
+        async message(ex) {
+          const c = await client();   // anonymous: read on every room
+          await c.join(ex.room);
+          const r = await srv.fetch(`/v1/rooms/${ex.room}/publish`, {
+            method: 'POST',
+            headers: { Authorization: `Bearer ${API_KEY}`, 'Content-Type': 'application/json' },
+            body: JSON.stringify({ data: ex.data }),
+          });
+          assert.equal(r.status, 200, await r.text());
+          return c.next('message');
         },
         async notice() {
           const own = await startStoa();
