@@ -11,6 +11,8 @@ if [ "${1:-}" = "--test" ]; then
   want+=(clang check openssl procps curl)
   # tests/integration/lib/pg.mjs starts a throw-away PostgreSQL server.
   want+=(postgresql)
+  # tests/integration/lib/nginx.mjs puts a strict proxy in front of Stoa.
+  want+=(nginx)
   # Node.js runs the black-box tests; keep one that is already installed.
   command -v node >/dev/null 2>&1 || want+=(nodejs)
   command -v npm >/dev/null 2>&1 || want+=(npm)
@@ -28,4 +30,15 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+# The tests start their own PostgreSQL and nginx: keep the packages from
+# starting system services (policy-rc.d answering 101 = "not allowed").
+added_policy=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+  $SUDO chmod +x /usr/sbin/policy-rc.d
+  added_policy=1
+fi
+status=0
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null || status=$?
+[ -z "$added_policy" ] || $SUDO rm -f /usr/sbin/policy-rc.d
+exit $status

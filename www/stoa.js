@@ -49,7 +49,7 @@ const DEFAULTS = Object.freeze({
   maxBatchMessages: 256,
   /** join / leave / requests with an id are rejected if unanswered after this. */
   requestTimeoutMs: 20000,
-  /** Join again when the server evicts us from a room (peer_left about ourselves). */
+  /** Join again when the server evicts us from a room for want of a heartbeat (not when kicked). */
   autoRejoin: true,
   /** `credentials` for fetch (browsers: 'include' to send cookies cross-origin). */
   credentials: undefined,
@@ -219,12 +219,14 @@ class WsConn extends Conn {
         this.seq = m.type === 'resync' && Number.isInteger(m.seq) ? m.seq : this.seq + 1;
         this._deliver(this.seq, m);
       };
-      ws.onerror = () => { /* a close follows */ };
+      let errorText = '';
+      ws.onerror = (ev) => { errorText = ev?.message ?? ''; /* a close follows */ };
       ws.onclose = (ev) => {
         if (this.retired) return;
         const code = refusal?.code ?? closeCodeName(ev.code);
         const err = new StoaError(code,
-          `WebSocket closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ''})${refusal ? `: ${refusal.message}` : ''}`,
+          `WebSocket closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ''})` +
+          (refusal ? `: ${refusal.message}` : errorText ? `: ${errorText}` : ''),
           { closeCode: ev.code });
         if (!this.ready) fail(err);
         else this._lost(err);
@@ -610,10 +612,16 @@ export class StoaClient extends Emitter {
     return this;
   }
 
-  /** Enter a room; resolves the room_state. */
+  /** Enter a room; resolves the room_state (rejects with a StoaError). */
   join(room, state = {}) {
     this.rooms.set(room, state);
-    return this._request({ type: 'join', room, state });
+    return this._request({ type: 'join', room, state }).catch((e) => {
+      // Refused (no right, bad name, full...): not a room to heartbeat or rejoin.
+      if (!['ALREADY_JOINED', 'TIMEOUT', 'CLOSED'].includes(e.code) && this.rooms.get(room) === state) {
+        this.rooms.delete(room);
+      }
+      throw e;
+    });
   }
 
   /** Leave a room; resolves the ack. */
@@ -954,9 +962,14 @@ export class StoaClient extends Emitter {
       if (m.type === 'error') p.reject(new StoaError(m.code, m.message, { room: m.room, id: m.id }));
       else p.resolve(m);
     }
-    if (m.type === 'peer_left' && m.peer === this.peer && this.rooms.has(m.room) && m.reason === 'timeout' &&
-        this.options.autoRejoin) {
-      this._enqueue({ type: 'join', room: m.room, state: this.rooms.get(m.room) });
+    if (m.type === 'peer_left' && m.peer === this.peer && this.rooms.has(m.room)) {
+      // Evicted for want of a heartbeat (e.g. after a long sleep): join
+      // again. Kicked by the operator: stay out.
+      if (m.reason === 'timeout' && this.options.autoRejoin) {
+        this._enqueue({ type: 'join', room: m.room, state: this.rooms.get(m.room) });
+      } else {
+        this.rooms.delete(m.room);
+      }
     }
     this.emit(m.type, m, meta);
     this.emit('message', m, meta);
