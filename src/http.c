@@ -17,6 +17,16 @@
 
 /* ---- responses ---- */
 
+void stoa_http_cors(call_t *c, struct MHD_Response *r)
+{
+    if (!c->origin)
+        return;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, c->origin);
+    MHD_add_response_header(r, "Access-Control-Allow-Credentials", "true");
+    MHD_add_response_header(r, "Access-Control-Expose-Headers", "ETag");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_VARY, "Origin");
+}
+
 enum MHD_Result stoa_http_send_text(call_t *c, unsigned status, const char *type, const char *text, size_t len,
                                  const char *extra_header, const char *extra_value)
 {
@@ -24,11 +34,7 @@ enum MHD_Result stoa_http_send_text(call_t *c, unsigned status, const char *type
     enum MHD_Result ret;
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    if (c->origin) {
-        MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, c->origin);
-        MHD_add_response_header(r, "Access-Control-Allow-Credentials", "true");
-        MHD_add_response_header(r, MHD_HTTP_HEADER_VARY, "Origin");
-    }
+    stoa_http_cors(c, r);
     if (extra_header)
         MHD_add_response_header(r, extra_header, extra_value);
     ret = MHD_queue_response(c->conn, status, r);
@@ -331,12 +337,11 @@ static enum MHD_Result dispatch(call_t *c, const char *url)
         if (strcmp(c->method, "OPTIONS") == 0 && c->origin) {
             struct MHD_Response *r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
             enum MHD_Result ret;
-            MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, c->origin);
-            MHD_add_response_header(r, "Access-Control-Allow-Credentials", "true");
+            stoa_http_cors(c, r);
             MHD_add_response_header(r, "Access-Control-Allow-Methods", allow);
-            MHD_add_response_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID");
+            MHD_add_response_header(r, "Access-Control-Allow-Headers",
+                                    "Authorization, Content-Type, Last-Event-ID, If-Match, If-None-Match");
             MHD_add_response_header(r, "Access-Control-Max-Age", "600");
-            MHD_add_response_header(r, MHD_HTTP_HEADER_VARY, "Origin");
             ret = MHD_queue_response(c->conn, MHD_HTTP_NO_CONTENT, r);
             MHD_destroy_response(r);
             return ret;

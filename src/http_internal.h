@@ -55,6 +55,9 @@ typedef struct {
     handler_fn handler;
 } route_t;
 
+/* CORS headers for an allowed browser Origin (none without one). */
+void stoa_http_cors(call_t *c, struct MHD_Response *r);
+
 /* Responses. Every answer carries Cache-Control: no-store and, for an
  * allowed Origin, CORS headers. text is copied. */
 enum MHD_Result stoa_http_send_text(call_t *c, unsigned status, const char *type, const char *text, size_t len,

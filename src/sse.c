@@ -194,11 +194,7 @@ enum MHD_Result stoa_sse_open(call_t *c)
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache, no-store, no-transform");
     MHD_add_response_header(r, "X-Accel-Buffering", "no");
-    if (c->origin) {
-        MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, c->origin);
-        MHD_add_response_header(r, "Access-Control-Allow-Credentials", "true");
-        MHD_add_response_header(r, MHD_HTTP_HEADER_VARY, "Origin");
-    }
+    stoa_http_cors(c, r);
     ret = MHD_queue_response(c->conn, MHD_HTTP_OK, r);
     MHD_destroy_response(r);   /* MHD holds it; sse_free runs when it is done */
     return ret;

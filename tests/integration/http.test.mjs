@@ -205,6 +205,18 @@ describe('REST', () => {
     assert.equal(r.headers.get('access-control-allow-origin'), 'http://good.example');
     assert.match(r.headers.get('access-control-allow-methods') ?? '', /\bGET\b/);
     assert.match(r.headers.get('access-control-allow-headers') ?? '', /authorization/i);
+    // Snapshots are saved conditionally and read with their ETag, cross-origin too.
+    const snap = await srv.fetch('/v1/rooms/doc:1/snapshot', {
+      method: 'OPTIONS',
+      headers: { Origin: 'http://good.example', 'Access-Control-Request-Method': 'PUT' },
+    });
+    assert.equal(snap.status, 204);
+    assert.match(snap.headers.get('access-control-allow-methods') ?? '', /\bPUT\b/);
+    assert.match(snap.headers.get('access-control-allow-headers') ?? '', /\bIf-Match\b/);
+    assert.match(snap.headers.get('access-control-allow-headers') ?? '', /\bIf-None-Match\b/);
+    const got = await srv.fetch('/healthz', { headers: { Origin: 'http://good.example' } });
+    assert.equal(got.headers.get('access-control-allow-origin'), 'http://good.example');
+    assert.match(got.headers.get('access-control-expose-headers') ?? '', /\bETag\b/);
     const bad = await srv.fetch('/v1/auth/me', {
       method: 'OPTIONS', headers: { Origin: 'http://evil.example', 'Access-Control-Request-Method': 'GET' },
     });
