@@ -11,6 +11,7 @@
 
 #include <check.h>
 #include <jwt.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -273,6 +274,89 @@ static void round_trip(const stoa_auth_t *a, const stoa_auth_t *b)
     free(token);
 }
 
+/* Sign c with alg and key and check that a refuses it (see rejected). */
+static void reject_signed(const stoa_auth_t *a, jwt_alg_t alg, const void *key, size_t keylen, const char *c,
+                          const char *needle)
+{
+    char *t = sign(alg, key, keylen, c);
+    rejected(a, t, needle);
+    free(t);
+}
+
+/* The same with the key read from the file at path. */
+static void reject_signed_file(const stoa_auth_t *a, jwt_alg_t alg, const char *path, const char *c,
+                               const char *needle)
+{
+    size_t keylen;
+    char *key = slurp(path, &keylen);
+    reject_signed(a, alg, key, keylen, c, needle);
+    free(key);
+}
+
+/* A hand-made token that a must refuse. */
+static void reject_crafted(const stoa_auth_t *a, const char *header_json, const char *c, const char *sig)
+{
+    char *t = craft(header_json, c, sig);
+    rejected(a, t, NULL);
+    free(t);
+}
+
+/* good_token(extra) must be refused. */
+static void reject_good_token(const stoa_auth_t *a, const char *extra, const char *needle)
+{
+    char *t = good_token(extra);
+    rejected(a, t, needle);
+    free(t);
+}
+
+/* An HS256 token with SECRET over claims_json must be accepted. */
+static void accept_claims(const stoa_auth_t *a, const char *claims_json)
+{
+    char *t = sign_hs(SECRET, claims_json);
+    stoa_identity_free(verify_ok(a, t));
+    free(t);
+}
+
+/* reject_with_claims with the claims printed from fmt. */
+static __attribute__((format(printf, 3, 4))) void reject_fmt(const stoa_auth_t *a, const char *needle,
+                                                             const char *fmt, ...)
+{
+    char c[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c, sizeof c, fmt, ap);
+    va_end(ap);
+    reject_with_claims(a, c, needle);
+}
+
+/* accept_claims with the claims printed from fmt. */
+static __attribute__((format(printf, 2, 3))) void accept_fmt(const stoa_auth_t *a, const char *fmt, ...)
+{
+    char c[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c, sizeof c, fmt, ap);
+    va_end(ap);
+    accept_claims(a, c);
+}
+
+/* good_token(extra) must be accepted. */
+static void accept_good_token(const stoa_auth_t *a, const char *extra)
+{
+    char *t = good_token(extra);
+    stoa_identity_free(verify_ok(a, t));
+    free(t);
+}
+
+/* Configure jwt_alg with a public key file and, unless NULL, a private one. */
+static void use_keys(const char *alg, const char *pub, const char *priv)
+{
+    set("jwt_alg", alg);
+    set("jwt_public_key_file", pub);
+    if (priv)
+        set("jwt_private_key_file", priv);
+}
+
 /* ---- HS256 ---- */
 
 START_TEST(test_hs256_round_trip)
@@ -313,12 +397,9 @@ END_TEST
 START_TEST(test_expired)
 {
     stoa_auth_t *a = new_auth();
-    char c[512];
-    snprintf(c, sizeof c, "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":\"stoa\",\"exp\":%lld}", now_s() - 3600);
-    reject_with_claims(a, c, "expired");
+    reject_fmt(a, "expired", "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":\"stoa\",\"exp\":%lld}", now_s() - 3600);
     /* Beyond the 30 s leeway. */
-    snprintf(c, sizeof c, "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":\"stoa\",\"exp\":%lld}", now_s() - 60);
-    reject_with_claims(a, c, "expired");
+    reject_fmt(a, "expired", "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":\"stoa\",\"exp\":%lld}", now_s() - 60);
     stoa_auth_free(a);
 }
 END_TEST
@@ -358,25 +439,15 @@ END_TEST
 START_TEST(test_alg_none)
 {
     stoa_auth_t *a = new_auth();
-    char *c = claims(NULL), *t;
+    char *c = claims(NULL);
     /* By hand: base64url(header).base64url(claims). */
-    t = craft("{\"alg\":\"none\",\"typ\":\"JWT\"}", c, "");
-    rejected(a, t, NULL);
-    free(t);
-    t = craft("{\"alg\":\"None\",\"typ\":\"JWT\"}", c, "");
-    rejected(a, t, NULL);
-    free(t);
-    t = craft("{\"alg\":\"none\"}", c, "");
-    rejected(a, t, NULL);
-    free(t);
+    reject_crafted(a, "{\"alg\":\"none\",\"typ\":\"JWT\"}", c, "");
+    reject_crafted(a, "{\"alg\":\"None\",\"typ\":\"JWT\"}", c, "");
+    reject_crafted(a, "{\"alg\":\"none\"}", c, "");
     /* alg none with some signature bytes anyway. */
-    t = craft("{\"alg\":\"none\",\"typ\":\"JWT\"}", c, "c2ln");
-    rejected(a, t, NULL);
-    free(t);
+    reject_crafted(a, "{\"alg\":\"none\",\"typ\":\"JWT\"}", c, "c2ln");
     /* And as libjwt makes it. */
-    t = sign(JWT_ALG_NONE, NULL, 0, c);
-    rejected(a, t, NULL);
-    free(t);
+    reject_signed(a, JWT_ALG_NONE, NULL, 0, c, NULL);
     free(c);
     stoa_auth_free(a);
 }
@@ -417,12 +488,8 @@ START_TEST(test_other_hmac_alg)
 {
     stoa_auth_t *a = new_auth();
     char *c = claims(NULL);
-    char *t = sign(JWT_ALG_HS512, SECRET, strlen(SECRET), c);
-    rejected(a, t, "algorithm");
-    free(t);
-    t = sign(JWT_ALG_HS384, SECRET, strlen(SECRET), c);
-    rejected(a, t, "algorithm");
-    free(t);
+    reject_signed(a, JWT_ALG_HS512, SECRET, strlen(SECRET), c, "algorithm");
+    reject_signed(a, JWT_ALG_HS384, SECRET, strlen(SECRET), c, "algorithm");
     free(c);
     stoa_auth_free(a);
 }
@@ -431,33 +498,19 @@ END_TEST
 START_TEST(test_audience)
 {
     stoa_auth_t *a = new_auth();
-    char c[512], *t;
-    stoa_identity_t *id;
     long long exp = now_s() + 3600;
-    snprintf(c, sizeof c, "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":\"other\",\"exp\":%lld}", exp);
-    reject_with_claims(a, c, "audience");
-    snprintf(c, sizeof c, "{\"sub\":\"ada\",\"iss\":\"stoa\",\"exp\":%lld}", exp);
-    reject_with_claims(a, c, "audience");
-    snprintf(c, sizeof c, "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":[\"x\",\"y\"],\"exp\":%lld}", exp);
-    reject_with_claims(a, c, "audience");
-    snprintf(c, sizeof c, "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":7,\"exp\":%lld}", exp);
-    reject_with_claims(a, c, "audience");
+    reject_fmt(a, "audience", "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":\"other\",\"exp\":%lld}", exp);
+    reject_fmt(a, "audience", "{\"sub\":\"ada\",\"iss\":\"stoa\",\"exp\":%lld}", exp);
+    reject_fmt(a, "audience", "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":[\"x\",\"y\"],\"exp\":%lld}", exp);
+    reject_fmt(a, "audience", "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":7,\"exp\":%lld}", exp);
     /* An array holding it is fine. */
-    snprintf(c, sizeof c, "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":[\"x\",\"stoa\"],\"exp\":%lld}", exp);
-    t = sign_hs(SECRET, c);
-    id = verify_ok(a, t);
-    stoa_identity_free(id);
-    free(t);
+    accept_fmt(a, "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":[\"x\",\"stoa\"],\"exp\":%lld}", exp);
     stoa_auth_free(a);
 
     /* With jwt_audience empty, aud is not checked. */
     set("jwt_audience", "");
     a = new_auth();
-    snprintf(c, sizeof c, "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":\"other\",\"exp\":%lld}", exp);
-    t = sign_hs(SECRET, c);
-    id = verify_ok(a, t);
-    stoa_identity_free(id);
-    free(t);
+    accept_fmt(a, "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":\"other\",\"exp\":%lld}", exp);
     stoa_auth_free(a);
 }
 END_TEST
@@ -465,26 +518,16 @@ END_TEST
 START_TEST(test_issuer)
 {
     stoa_auth_t *a = new_auth();
-    char c[512], *t;
-    stoa_identity_t *id;
     long long exp = now_s() + 3600;
-    snprintf(c, sizeof c, "{\"sub\":\"ada\",\"iss\":\"evil\",\"aud\":\"stoa\",\"exp\":%lld}", exp);
-    reject_with_claims(a, c, "issuer");
-    snprintf(c, sizeof c, "{\"sub\":\"ada\",\"aud\":\"stoa\",\"exp\":%lld}", exp);
-    reject_with_claims(a, c, "issuer");
-    snprintf(c, sizeof c, "{\"sub\":\"ada\",\"iss\":1,\"aud\":\"stoa\",\"exp\":%lld}", exp);
-    reject_with_claims(a, c, "issuer");
+    reject_fmt(a, "issuer", "{\"sub\":\"ada\",\"iss\":\"evil\",\"aud\":\"stoa\",\"exp\":%lld}", exp);
+    reject_fmt(a, "issuer", "{\"sub\":\"ada\",\"aud\":\"stoa\",\"exp\":%lld}", exp);
+    reject_fmt(a, "issuer", "{\"sub\":\"ada\",\"iss\":1,\"aud\":\"stoa\",\"exp\":%lld}", exp);
     stoa_auth_free(a);
 
     set("jwt_issuer", "https://id.example");
     a = new_auth();
-    snprintf(c, sizeof c, "{\"sub\":\"ada\",\"iss\":\"https://id.example\",\"aud\":\"stoa\",\"exp\":%lld}", exp);
-    t = sign_hs(SECRET, c);
-    id = verify_ok(a, t);
-    stoa_identity_free(id);
-    free(t);
-    snprintf(c, sizeof c, "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":\"stoa\",\"exp\":%lld}", exp);
-    reject_with_claims(a, c, "issuer");
+    accept_fmt(a, "{\"sub\":\"ada\",\"iss\":\"https://id.example\",\"aud\":\"stoa\",\"exp\":%lld}", exp);
+    reject_fmt(a, "issuer", "{\"sub\":\"ada\",\"iss\":\"stoa\",\"aud\":\"stoa\",\"exp\":%lld}", exp);
     stoa_auth_free(a);
 }
 END_TEST
@@ -502,31 +545,17 @@ END_TEST
 START_TEST(test_nbf_and_iat)
 {
     stoa_auth_t *a = new_auth();
-    char *t;
-    stoa_identity_t *id;
     char extra[128];
     snprintf(extra, sizeof extra, ",\"nbf\":%lld", now_s() + 3600);
-    t = good_token(extra);
-    rejected(a, t, "nbf");
-    free(t);
+    reject_good_token(a, extra, "nbf");
     snprintf(extra, sizeof extra, ",\"iat\":%lld", now_s() + 3600);
-    t = good_token(extra);
-    rejected(a, t, "iat");
-    free(t);
-    t = good_token(",\"nbf\":\"soon\"");
-    rejected(a, t, NULL);
-    free(t);
+    reject_good_token(a, extra, "iat");
+    reject_good_token(a, ",\"nbf\":\"soon\"", NULL);
     /* Within the leeway, and in the past, both fine. */
     snprintf(extra, sizeof extra, ",\"nbf\":%lld,\"iat\":%lld", now_s() + 10, now_s() + 10);
-    t = good_token(extra);
-    id = verify_ok(a, t);
-    stoa_identity_free(id);
-    free(t);
+    accept_good_token(a, extra);
     snprintf(extra, sizeof extra, ",\"nbf\":%lld,\"iat\":%lld", now_s() - 100, now_s() - 100);
-    t = good_token(extra);
-    id = verify_ok(a, t);
-    stoa_identity_free(id);
-    free(t);
+    accept_good_token(a, extra);
     stoa_auth_free(a);
 }
 END_TEST
@@ -534,39 +563,22 @@ END_TEST
 START_TEST(test_bad_claims)
 {
     stoa_auth_t *a = new_auth();
-    char big_name[100], *t;
+    char big_name[100];
     long long exp = now_s() + 3600;
     char c[1024];
-    snprintf(c, sizeof c, "{\"iss\":\"stoa\",\"aud\":\"stoa\",\"exp\":%lld}", exp);
-    reject_with_claims(a, c, "sub");
-    snprintf(c, sizeof c, "{\"sub\":\"\",\"iss\":\"stoa\",\"aud\":\"stoa\",\"exp\":%lld}", exp);
-    reject_with_claims(a, c, "sub");
-    snprintf(c, sizeof c, "{\"sub\":42,\"iss\":\"stoa\",\"aud\":\"stoa\",\"exp\":%lld}", exp);
-    reject_with_claims(a, c, "sub");
+    reject_fmt(a, "sub", "{\"iss\":\"stoa\",\"aud\":\"stoa\",\"exp\":%lld}", exp);
+    reject_fmt(a, "sub", "{\"sub\":\"\",\"iss\":\"stoa\",\"aud\":\"stoa\",\"exp\":%lld}", exp);
+    reject_fmt(a, "sub", "{\"sub\":42,\"iss\":\"stoa\",\"aud\":\"stoa\",\"exp\":%lld}", exp);
     memset(big_name, 'n', 64);
     big_name[64] = '\0';
     snprintf(c, sizeof c, ",\"name\":\"%s\"", big_name);
-    t = good_token(c);
-    rejected(a, t, "name");
-    free(t);
-    t = good_token(",\"name\":\"\"");
-    rejected(a, t, "name");
-    free(t);
-    t = good_token(",\"color\":\"red\"");
-    rejected(a, t, "color");
-    free(t);
-    t = good_token(",\"color\":\"#12345g\"");
-    rejected(a, t, "color");
-    free(t);
-    t = good_token(",\"rooms\":{\"doc:1\":\"x\"}");
-    rejected(a, t, NULL);
-    free(t);
-    t = good_token(",\"rooms\":[\"doc:1\"]");
-    rejected(a, t, NULL);
-    free(t);
-    t = good_token(",\"rooms\":{\"doc:*:1\":\"r\"}");
-    rejected(a, t, NULL);
-    free(t);
+    reject_good_token(a, c, "name");
+    reject_good_token(a, ",\"name\":\"\"", "name");
+    reject_good_token(a, ",\"color\":\"red\"", "color");
+    reject_good_token(a, ",\"color\":\"#12345g\"", "color");
+    reject_good_token(a, ",\"rooms\":{\"doc:1\":\"x\"}", NULL);
+    reject_good_token(a, ",\"rooms\":[\"doc:1\"]", NULL);
+    reject_good_token(a, ",\"rooms\":{\"doc:*:1\":\"r\"}", NULL);
     stoa_auth_free(a);
 }
 END_TEST
@@ -574,7 +586,6 @@ END_TEST
 START_TEST(test_garbage)
 {
     stoa_auth_t *a = new_auth();
-    char *t;
     rejected(a, NULL, NULL);
     rejected(a, "", NULL);
     rejected(a, "abc", NULL);
@@ -583,15 +594,9 @@ START_TEST(test_garbage)
     rejected(a, "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9", NULL);
     rejected(a, "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.c2ln", NULL);
     rejected(a, "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.c2ln", NULL);
-    t = craft("not json", "{}", "c2ln");
-    rejected(a, t, NULL);
-    free(t);
-    t = craft("{\"alg\":\"HS256\"}", "not json", "c2ln");
-    rejected(a, t, NULL);
-    free(t);
-    t = craft("[1]", "{}", "c2ln");
-    rejected(a, t, NULL);
-    free(t);
+    reject_crafted(a, "not json", "{}", "c2ln");
+    reject_crafted(a, "{\"alg\":\"HS256\"}", "not json", "c2ln");
+    reject_crafted(a, "[1]", "{}", "c2ln");
     stoa_auth_free(a);
 }
 END_TEST
@@ -795,9 +800,7 @@ START_TEST(test_rs256_round_trip)
     char priv[256], pub[256];
     stoa_auth_t *a, *v;
     gen_keys("rsa", "rsa", priv, pub, sizeof priv);
-    set("jwt_alg", "RS256");
-    set("jwt_public_key_file", pub);
-    set("jwt_private_key_file", priv);
+    use_keys("RS256", pub, priv);
     a = new_auth();
     ck_assert(stoa_auth_can_mint(a));
     round_trip(a, a);
@@ -823,9 +826,7 @@ START_TEST(test_es256_round_trip)
     char priv[256], pub[256];
     stoa_auth_t *a;
     gen_keys("ec", "ec", priv, pub, sizeof priv);
-    set("jwt_alg", "ES256");
-    set("jwt_public_key_file", pub);
-    set("jwt_private_key_file", priv);
+    use_keys("ES256", pub, priv);
     a = new_auth();
     ck_assert(stoa_auth_can_mint(a));
     round_trip(a, a);
@@ -840,24 +841,17 @@ START_TEST(test_rs256_wrong_key)
     stoa_auth_t *a;
     gen_keys("rsa", "rsa1", priv, pub, sizeof priv);
     gen_keys("rsa", "rsa2", priv2, pub2, sizeof priv2);
-    set("jwt_alg", "RS256");
-    set("jwt_public_key_file", pub);
+    use_keys("RS256", pub, NULL);
     a = new_auth();
     c = claims(NULL);
-    key = slurp(priv2, &keylen);
-    t = sign(JWT_ALG_RS256, key, keylen, c);
-    rejected(a, t, "signature");
-    free(t);
-    free(key);
+    reject_signed_file(a, JWT_ALG_RS256, priv2, c, "signature");
     /* Signed with the right key it passes: the refusal was the key. */
     key = slurp(priv, &keylen);
     t = sign(JWT_ALG_RS256, key, keylen, c);
     stoa_identity_free(verify_ok(a, t));
     free(t);
     /* RS512 with the right key is still the wrong algorithm. */
-    t = sign(JWT_ALG_RS512, key, keylen, c);
-    rejected(a, t, "algorithm");
-    free(t);
+    reject_signed(a, JWT_ALG_RS512, key, keylen, c, "algorithm");
     free(key);
     free(c);
     stoa_auth_free(a);
@@ -868,26 +862,19 @@ START_TEST(test_alg_confusion)
 {
     /* The classic attack: an HS256 token whose HMAC key is the server's
      * public key PEM, which the attacker knows. */
-    char priv[256], pub[256], *pem, *c, *t;
+    char priv[256], pub[256], *pem, *c;
     size_t pemlen;
     stoa_auth_t *a;
     gen_keys("rsa", "rsa", priv, pub, sizeof priv);
-    set("jwt_alg", "RS256");
-    set("jwt_public_key_file", pub);
+    use_keys("RS256", pub, NULL);
     a = new_auth();
     pem = slurp(pub, &pemlen);
     c = claims(",\"rooms\":{\"*\":\"rw\"}");
-    t = sign(JWT_ALG_HS256, pem, pemlen, c);
-    rejected(a, t, "algorithm");
-    free(t);
+    reject_signed(a, JWT_ALG_HS256, pem, pemlen, c, "algorithm");
     /* Without the trailing newline too. */
-    t = sign(JWT_ALG_HS256, pem, pemlen - 1, c);
-    rejected(a, t, NULL);
-    free(t);
+    reject_signed(a, JWT_ALG_HS256, pem, pemlen - 1, c, NULL);
     /* And alg none against RS256. */
-    t = craft("{\"alg\":\"none\",\"typ\":\"JWT\"}", c, "");
-    rejected(a, t, NULL);
-    free(t);
+    reject_crafted(a, "{\"alg\":\"none\",\"typ\":\"JWT\"}", c, "");
     free(c);
     free(pem);
     stoa_auth_free(a);
@@ -896,26 +883,16 @@ END_TEST
 
 START_TEST(test_es256_refuses_rs256)
 {
-    char rpriv[256], rpub[256], epriv[256], epub[256], *key, *c, *t;
-    size_t keylen;
+    char rpriv[256], rpub[256], epriv[256], epub[256], *c;
     stoa_auth_t *a;
     gen_keys("rsa", "rsa", rpriv, rpub, sizeof rpriv);
     gen_keys("ec", "ec", epriv, epub, sizeof epriv);
-    set("jwt_alg", "ES256");
-    set("jwt_public_key_file", epub);
+    use_keys("ES256", epub, NULL);
     a = new_auth();
     c = claims(NULL);
-    key = slurp(rpriv, &keylen);
-    t = sign(JWT_ALG_RS256, key, keylen, c);
-    rejected(a, t, "algorithm");
-    free(t);
-    free(key);
+    reject_signed_file(a, JWT_ALG_RS256, rpriv, c, "algorithm");
     /* An HS256 token keyed with the EC public key PEM. */
-    key = slurp(epub, &keylen);
-    t = sign(JWT_ALG_HS256, key, keylen, c);
-    rejected(a, t, "algorithm");
-    free(t);
-    free(key);
+    reject_signed_file(a, JWT_ALG_HS256, epub, c, "algorithm");
     free(c);
     stoa_auth_free(a);
 }
@@ -923,16 +900,11 @@ END_TEST
 
 START_TEST(test_hs256_refuses_rs256)
 {
-    char priv[256], pub[256], *key, *c, *t;
-    size_t keylen;
+    char priv[256], pub[256], *c;
     stoa_auth_t *a = new_auth();
     gen_keys("rsa", "rsa", priv, pub, sizeof priv);
     c = claims(NULL);
-    key = slurp(priv, &keylen);
-    t = sign(JWT_ALG_RS256, key, keylen, c);
-    rejected(a, t, "algorithm");
-    free(t);
-    free(key);
+    reject_signed_file(a, JWT_ALG_RS256, priv, c, "algorithm");
     free(c);
     stoa_auth_free(a);
 }

@@ -68,6 +68,13 @@ static void load_bad(char **argv, char **envp, const char *needle)
     stoa_config_free(cfg);
 }
 
+/* load_bad with the one command-line argument arg. */
+static void arg_bad(const char *arg, const char *needle)
+{
+    char *argv[] = {(char *)arg, NULL};
+    load_bad(argv, NULL, needle);
+}
+
 START_TEST(test_defaults)
 {
     stoa_config_t *cfg = stoa_config_new();
@@ -233,16 +240,12 @@ END_TEST
 
 START_TEST(test_unknown_flag)
 {
-    char *a1[] = {"--no-such-flag=1", NULL};
     char *a2[] = {"--max-state-byte", "100", NULL};
-    char *a3[] = {"--no-max-state-bytes", NULL};   /* --no- only for booleans */
-    char *a4[] = {"positional", NULL};
-    char *a5[] = {"-x", NULL};
-    load_bad(a1, NULL, "--no-such-flag");
+    arg_bad("--no-such-flag=1", "--no-such-flag");
     load_bad(a2, NULL, "--max-state-byte");
-    load_bad(a3, NULL, "no-max-state-bytes");
-    load_bad(a4, NULL, "positional");
-    load_bad(a5, NULL, "-x");
+    arg_bad("--no-max-state-bytes", "no-max-state-bytes");   /* --no- only for booleans */
+    arg_bad("positional", "positional");
+    arg_bad("-x", "-x");
 }
 END_TEST
 
@@ -276,33 +279,22 @@ END_TEST
 
 START_TEST(test_bad_values)
 {
-    char *bad_int[] = {"--max-state-bytes=abc", NULL};
-    char *trailing[] = {"--max-state-bytes=100x", NULL};
-    char *empty_int[] = {"--max-state-bytes=", NULL};
-    char *too_small[] = {"--max-state-bytes=10", NULL};
-    char *too_big[] = {"--max-room-name-bytes=100000", NULL};
-    char *overflow[] = {"--max-connections=99999999999999999999999", NULL};
-    char *bad_double[] = {"--presence-rate=fast", NULL};
-    char *nan_double[] = {"--presence-rate=nan", NULL};
-    char *inf_double[] = {"--presence-rate=inf", NULL};
-    char *low_double[] = {"--presence-rate=0", NULL};
-    char *bad_bool[] = {"--allow-anonymous=maybe", NULL};
     char *bad_env[] = {"STOA_MAX_STATE_BYTES=lots", NULL};
     const char *file = write_file("range.ini", "max_peers_per_room = 0\n");
     char *bad_file[] = {"--config-file", (char *)file, NULL};
 
-    load_bad(bad_int, NULL, "max_state_bytes");
-    load_bad(bad_int, NULL, "abc");
-    load_bad(trailing, NULL, "100x");
-    load_bad(empty_int, NULL, "max_state_bytes");
-    load_bad(too_small, NULL, "max_state_bytes");
-    load_bad(too_big, NULL, "max_room_name_bytes");
-    load_bad(overflow, NULL, "max_connections");
-    load_bad(bad_double, NULL, "presence_rate");
-    load_bad(nan_double, NULL, "presence_rate");
-    load_bad(inf_double, NULL, "presence_rate");
-    load_bad(low_double, NULL, "presence_rate");
-    load_bad(bad_bool, NULL, "allow_anonymous");
+    arg_bad("--max-state-bytes=abc", "max_state_bytes");
+    arg_bad("--max-state-bytes=abc", "abc");
+    arg_bad("--max-state-bytes=100x", "100x");
+    arg_bad("--max-state-bytes=", "max_state_bytes");
+    arg_bad("--max-state-bytes=10", "max_state_bytes");
+    arg_bad("--max-room-name-bytes=100000", "max_room_name_bytes");
+    arg_bad("--max-connections=99999999999999999999999", "max_connections");
+    arg_bad("--presence-rate=fast", "presence_rate");
+    arg_bad("--presence-rate=nan", "presence_rate");
+    arg_bad("--presence-rate=inf", "presence_rate");
+    arg_bad("--presence-rate=0", "presence_rate");
+    arg_bad("--allow-anonymous=maybe", "allow_anonymous");
     load_bad(NULL, bad_env, "STOA_MAX_STATE_BYTES");
     load_bad(bad_file, NULL, "max_peers_per_room");
 }

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "hub_fixture.h"
+
 #define MAX_PEERS 8
 /* Past heartbeat_timeout_s (75 s by default), but well within
  * session_buffer_age_s (1800 s), so eviction notices stay buffered. */
@@ -45,8 +47,6 @@ static const stoa_transport_ops_t other_ops = {.name = "other", .wake = fake_wak
 
 /* ---- fixture ---- */
 
-static stoa_config_t *cfg;
-static stoa_hub_t *hub;
 static peer_t peers[MAX_PEERS];
 static int npeers;
 static char why[256];
@@ -72,23 +72,9 @@ static void teardown(void)
     stoa_config_free(cfg);
 }
 
-static void set(const char *name, const char *value)
-{
-    char err[256];
-    ck_assert_msg(stoa_config_set(cfg, name, value, err, sizeof err) == 0, "%s=%s: %s", name, value, err);
-}
-
 static stoa_identity_t *make_ident(const char *sub, const char *rights)
 {
-    char err[256];
-    stoa_identity_t *id = stoa_xcalloc(1, sizeof *id);
-    id->sub = stoa_xstrdup(sub);
-    id->name = stoa_xstrdup(sub);
-    id->color = stoa_xstrdup("#e6194b");
-    id->anonymous = false;
-    id->perms = stoa_perms_parse(rights, 128, err, sizeof err);
-    ck_assert_msg(id->perms != NULL, "rights %s: %s", rights, err);
-    return id;
+    return fixture_ident(sub, rights, "#e6194b");
 }
 
 /* ---- reading the queue ---- */
@@ -99,37 +85,6 @@ static json_object *parse_msg(stoa_msg_t *m)
     ck_assert_msg(o != NULL, "message is not JSON: %s", stoa_msg_text(m));
     ck_assert_uint_eq(strlen(stoa_msg_text(m)), stoa_msg_len(m));
     return o;
-}
-
-static const char *str_field(json_object *o, const char *key)
-{
-    json_object *v;
-    ck_assert_msg(json_object_object_get_ex(o, key, &v), "no \"%s\" in %s", key,
-                  json_object_to_json_string(o));
-    ck_assert_msg(json_object_is_type(v, json_type_string), "\"%s\" is not a string in %s", key,
-                  json_object_to_json_string(o));
-    return json_object_get_string(v);
-}
-
-static int64_t int_field(json_object *o, const char *key)
-{
-    json_object *v;
-    ck_assert_msg(json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_int),
-                  "no integer \"%s\" in %s", key, json_object_to_json_string(o));
-    return json_object_get_int64(v);
-}
-
-static json_object *obj_field(json_object *o, const char *key, json_type type)
-{
-    json_object *v;
-    ck_assert_msg(json_object_object_get_ex(o, key, &v) && json_object_is_type(v, type),
-                  "no \"%s\" of type %s in %s", key, json_type_to_name(type), json_object_to_json_string(o));
-    return v;
-}
-
-static bool has_field(json_object *o, const char *key)
-{
-    return json_object_object_get_ex(o, key, NULL);
 }
 
 /* The next message for p's connection (NULL when there is none), which
@@ -248,6 +203,53 @@ static void expect_peer_left(json_object *o, const char *room, const char *peer,
     ck_assert_str_eq(str_field(o, "reason"), reason);
 }
 
+/* p's next message is a peer_left for who from room, for reason. */
+static void expect_left(peer_t *p, const char *room, peer_t *who, const char *reason)
+{
+    json_object *o = expect_msg(p, "peer_left");
+    expect_peer_left(o, room, peer_id(who), reason);
+    json_object_put(o);
+}
+
+/* The hub holds nsessions sessions and nrooms rooms. */
+static void expect_stats(size_t nsessions, size_t nrooms)
+{
+    size_t sessions, rooms;
+    stoa_hub_stats(hub, &sessions, &rooms);
+    ck_assert_uint_eq(sessions, nsessions);
+    ck_assert_uint_eq(rooms, nrooms);
+}
+
+/* Readers ada, bob and cy join doc:1 (ada with a_state), queues drained. */
+/* Readers ada and bob join doc:1, queues drained. */
+static void two_in_doc1(peer_t **a, peer_t **b)
+{
+    *a = open_peer("ada", "{\"*\":\"r\"}");
+    *b = open_peer("bob", "{\"*\":\"r\"}");
+    join_ok(*a, "doc:1", NULL);
+    join_ok(*b, "doc:1", NULL);
+    drain_all();
+}
+
+/* p's next message is a presence whose state has n. */
+static void expect_presence_n(peer_t *p, int64_t n)
+{
+    json_object *o = expect_msg(p, "presence");
+    ck_assert_int_eq(int_field(obj_field(o, "state", json_type_object), "n"), n);
+    json_object_put(o);
+}
+
+static void three_in_doc1(peer_t **a, peer_t **b, peer_t **c, const char *a_state)
+{
+    *a = open_peer("ada", "{\"*\":\"r\"}");
+    *b = open_peer("bob", "{\"*\":\"r\"}");
+    *c = open_peer("cy", "{\"*\":\"r\"}");
+    join_ok(*a, "doc:1", a_state);
+    join_ok(*b, "doc:1", NULL);
+    join_ok(*c, "doc:1", NULL);
+    drain_all();
+}
+
 /* ---- tests ---- */
 
 START_TEST(test_welcome)
@@ -320,7 +322,6 @@ START_TEST(test_three_sessions)
     peer_t *c = open_peer("cy", "{\"*\":\"r\"}");
     json_object *st = json_tokener_parse("{\"cursor\":{\"line\":3,\"ch\":14}}");
     json_object *id1 = json_object_new_int(1), *o, *arr, *e, *user;
-    size_t sessions, rooms;
     int a_wakes;
 
     /* A joins an empty room: room_state lists only A, with the request id. */
@@ -375,9 +376,7 @@ START_TEST(test_three_sessions)
         json_object_put(o);
     }
 
-    stoa_hub_stats(hub, &sessions, &rooms);
-    ck_assert_uint_eq(sessions, 3);
-    ck_assert_uint_eq(rooms, 1);
+    expect_stats(3, 1);
 
     json_object_put(st);
     json_object_put(id1);
@@ -386,13 +385,9 @@ END_TEST
 
 START_TEST(test_presence_relay)
 {
-    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}"),
-           *c = open_peer("cy", "{\"*\":\"r\"}");
+    peer_t *a, *b, *c;
     json_object *patch, *id = json_object_new_string("p1"), *o, *want;
-    join_ok(a, "doc:1", "{\"cursor\":{\"line\":3,\"ch\":14},\"sel\":[1,2]}");
-    join_ok(b, "doc:1", NULL);
-    join_ok(c, "doc:1", NULL);
-    drain_all();
+    three_in_doc1(&a, &b, &c, "{\"cursor\":{\"line\":3,\"ch\":14},\"sel\":[1,2]}");
 
     patch = json_tokener_parse("{\"cursor\":{\"line\":4},\"sel\":null}");
     ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, id, why, sizeof why), STOA_OK);
@@ -434,14 +429,10 @@ END_TEST
 
 START_TEST(test_ephemeral_relay)
 {
-    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}"),
-           *c = open_peer("cy", "{\"*\":\"r\"}");
+    peer_t *a, *b, *c;
     json_object *data = json_tokener_parse("{\"kind\":\"reaction\",\"emoji\":\"x\"}");
     json_object *id = json_object_new_int(3), *o;
-    join_ok(a, "doc:1", NULL);
-    join_ok(b, "doc:1", NULL);
-    join_ok(c, "doc:1", NULL);
-    drain_all();
+    three_in_doc1(&a, &b, &c, NULL);
 
     ck_assert_int_eq(stoa_hub_ephemeral(b->s, "doc:1", data, id, why, sizeof why), STOA_OK);
     o = expect_msg(b, "ack");
@@ -476,14 +467,10 @@ END_TEST
 
 START_TEST(test_shared_by_reference)
 {
-    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}"),
-           *c = open_peer("cy", "{\"*\":\"r\"}");
+    peer_t *a, *b, *c;
     json_object *data = json_object_new_string("hi"), *patch = json_tokener_parse("{\"x\":1}");
     stoa_msg_t *mb, *mc, *ma;
-    join_ok(a, "doc:1", NULL);
-    join_ok(b, "doc:1", NULL);
-    join_ok(c, "doc:1", NULL);
-    drain_all();
+    three_in_doc1(&a, &b, &c, NULL);
 
     ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
     mb = next_msg(b);
@@ -523,14 +510,9 @@ END_TEST
 
 START_TEST(test_leave_and_close)
 {
-    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}"),
-           *c = open_peer("cy", "{\"*\":\"r\"}");
+    peer_t *a, *b, *c;
     json_object *id = json_object_new_string("bye"), *o;
-    size_t sessions, rooms;
-    join_ok(a, "doc:1", NULL);
-    join_ok(b, "doc:1", NULL);
-    join_ok(c, "doc:1", NULL);
-    drain_all();
+    three_in_doc1(&a, &b, &c, NULL);
 
     ck_assert_int_eq(stoa_hub_leave(c->s, "doc:1", id, why, sizeof why), STOA_OK);
     o = expect_msg(c, "ack");
@@ -547,9 +529,7 @@ START_TEST(test_leave_and_close)
 
     /* B's connection goes: A hears "disconnect". */
     stoa_hub_close(b->s, STOA_LEFT_DISCONNECT);
-    o = expect_msg(a, "peer_left");
-    expect_peer_left(o, "doc:1", peer_id(b), "disconnect");
-    json_object_put(o);
+    expect_left(a, "doc:1", b, "disconnect");
     expect_empty(a);
     /* B's own reference stays valid: nothing to read (its connection is
      * gone), detached, idempotent close. */
@@ -557,9 +537,7 @@ START_TEST(test_leave_and_close)
     ck_assert_ptr_null(stoa_session_conn(b->s, &fake_ops));
     stoa_hub_close(b->s, STOA_LEFT_DISCONNECT);
     expect_empty(a);
-    stoa_hub_stats(hub, &sessions, &rooms);
-    ck_assert_uint_eq(sessions, 2);
-    ck_assert_uint_eq(rooms, 1);
+    expect_stats(2, 1);
 
     /* Messages to a closed session are not queued. */
     stoa_hub_send(b->s, stoa_wire_notice("info", "too late"));
@@ -567,9 +545,7 @@ START_TEST(test_leave_and_close)
 
     /* The last one out: the room goes away. */
     stoa_hub_close(a->s, STOA_LEFT_DISCONNECT);
-    stoa_hub_stats(hub, &sessions, &rooms);
-    ck_assert_uint_eq(sessions, 1);
-    ck_assert_uint_eq(rooms, 0);
+    expect_stats(1, 0);
     json_object_put(id);
 }
 END_TEST
@@ -589,11 +565,7 @@ START_TEST(test_close_drops_queue)
     stoa_msg_unref(note);
     expect_gone(a);
     json_object_put(expect_msg(b, "room_state"));
-    {
-        json_object *o = expect_msg(b, "peer_left");
-        expect_peer_left(o, "doc:1", peer_id(a), "disconnect");
-        json_object_put(o);
-    }
+    expect_left(b, "doc:1", a, "disconnect");
     expect_empty(b);
 }
 END_TEST
@@ -601,21 +573,15 @@ END_TEST
 START_TEST(test_close_with_undrained_recipients)
 {
     /* Messages shared between queues survive one recipient closing. */
-    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}"),
-           *c = open_peer("cy", "{\"*\":\"r\"}");
+    peer_t *a, *b, *c;
     json_object *data = json_object_new_string("payload"), *o;
-    join_ok(a, "doc:1", NULL);
-    join_ok(b, "doc:1", NULL);
-    join_ok(c, "doc:1", NULL);
-    drain_all();
+    three_in_doc1(&a, &b, &c, NULL);
     ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
     stoa_hub_close(b->s, STOA_LEFT_DISCONNECT);
     o = expect_msg(c, "ephemeral");
     ck_assert_str_eq(str_field(o, "data"), "payload");
     json_object_put(o);
-    o = expect_msg(c, "peer_left");
-    expect_peer_left(o, "doc:1", peer_id(b), "disconnect");
-    json_object_put(o);
+    expect_left(c, "doc:1", b, "disconnect");
     json_object_put(data);
 }
 END_TEST
@@ -777,11 +743,7 @@ START_TEST(test_presence_rate_limited)
     json_object *patch = json_tokener_parse("{\"x\":1}");
     set("presence_burst", "3");
     set("presence_rate", "0.1");
-    a = open_peer("ada", "{\"*\":\"r\"}");
-    b = open_peer("bob", "{\"*\":\"r\"}");
-    join_ok(a, "doc:1", NULL);
-    join_ok(b, "doc:1", NULL);
-    drain_all();
+    two_in_doc1(&a, &b);
     for (int i = 0; i < 3; i++)
         ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
     why[0] = '\0';
@@ -802,11 +764,7 @@ START_TEST(test_ephemeral_rate_limited)
     json_object *data = json_object_new_int(1);
     set("ephemeral_burst", "2");
     set("ephemeral_per_min", "1");
-    a = open_peer("ada", "{\"*\":\"r\"}");
-    b = open_peer("bob", "{\"*\":\"r\"}");
-    join_ok(a, "doc:1", NULL);
-    join_ok(b, "doc:1", NULL);
-    drain_all();
+    two_in_doc1(&a, &b);
     ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
     ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
     ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_ERR_RATE_LIMITED);
@@ -891,7 +849,6 @@ static void expect_evicted(peer_t *p, const char *room)
 START_TEST(test_eviction)
 {
     peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}");
-    size_t sessions, rooms;
     int a_wakes, b_wakes;
     join_ok(a, "doc:1", NULL);
     join_ok(b, "doc:1", NULL);
@@ -928,9 +885,7 @@ START_TEST(test_eviction)
         ck_assert(doc1 && doc2);
     }
     expect_evicted(b, "doc:1");
-    stoa_hub_stats(hub, &sessions, &rooms);
-    ck_assert_uint_eq(sessions, 2);   /* evicted from rooms, still connected */
-    ck_assert_uint_eq(rooms, 0);
+    expect_stats(2, 0);   /* evicted from rooms, still connected */
     ck_assert_int_eq(stoa_hub_heartbeat(a->s, "doc:1", NULL, why, sizeof why), STOA_ERR_NOT_IN_ROOM);
     join_ok(a, "doc:1", NULL);   /* and may join again */
 }
@@ -958,13 +913,9 @@ START_TEST(test_heartbeat_postpones_eviction)
     /* 2 s after B's heartbeat: A (silent since joining) is over the limit,
      * B is not. */
     stoa_hub_tick(hub, t_beat + 2000);
-    o = expect_msg(a, "peer_left");
-    expect_peer_left(o, "doc:1", peer_id(a), "timeout");
-    json_object_put(o);
+    expect_left(a, "doc:1", a, "timeout");
     expect_empty(a);
-    o = expect_msg(b, "peer_left");
-    expect_peer_left(o, "doc:1", peer_id(a), "timeout");
-    json_object_put(o);
+    expect_left(b, "doc:1", a, "timeout");
     expect_empty(b);
     text = stoa_hub_room_json(hub, "doc:1");
     o = json_tokener_parse(text);
@@ -1017,20 +968,13 @@ START_TEST(test_buffer_limit_msgs)
     stoa_session_t *found;
     set("presence_burst", "100");
     set("session_buffer_msgs", "8");
-    a = open_peer("ada", "{\"*\":\"r\"}");
-    b = open_peer("bob", "{\"*\":\"r\"}");
-    join_ok(a, "doc:1", NULL);
-    join_ok(b, "doc:1", NULL);
-    drain_all();
+    two_in_doc1(&a, &b);
 
     /* 8 unread: at the limit, all delivered in order. */
     for (int i = 1; i <= 8; i++)
         presence_n(a, "doc:1", i);
-    for (int i = 1; i <= 8; i++) {
-        o = expect_msg(b, "presence");
-        ck_assert_int_eq(int_field(obj_field(o, "state", json_type_object), "n"), i);
-        json_object_put(o);
-    }
+    for (int i = 1; i <= 8; i++)
+        expect_presence_n(b, i);
     expect_empty(b);
 
     /* 9 unread: the oldest is dropped; B gets a resync after the 9, then
@@ -1057,9 +1001,7 @@ START_TEST(test_buffer_limit_msgs)
 
     /* Delivery goes on after the resync. */
     presence_n(a, "doc:1", 18);
-    o = expect_msg(b, "presence");
-    ck_assert_int_eq(int_field(obj_field(o, "state", json_type_object), "n"), 18);
-    json_object_put(o);
+    expect_presence_n(b, 18);
     expect_empty(b);
 }
 END_TEST
@@ -1069,16 +1011,11 @@ START_TEST(test_buffer_limit_bytes)
     peer_t *a, *b;
     char *big = malloc(40001);
     json_object *data, *o;
-    size_t sessions, rooms;
     memset(big, 'z', 40000);
     big[40000] = '\0';
     data = json_object_new_string(big);
     set("session_buffer_bytes", "65536");
-    a = open_peer("ada", "{\"*\":\"r\"}");
-    b = open_peer("bob", "{\"*\":\"r\"}");
-    join_ok(a, "doc:1", NULL);
-    join_ok(b, "doc:1", NULL);
-    drain_all();
+    two_in_doc1(&a, &b);
     /* One 40 kB message read before the next: always within the limit. */
     for (int i = 0; i < 3; i++) {
         ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
@@ -1095,9 +1032,7 @@ START_TEST(test_buffer_limit_bytes)
     ck_assert_uint_eq(json_object_array_length(obj_field(o, "peers", json_type_array)), 2);
     json_object_put(o);
     expect_empty(b);
-    stoa_hub_stats(hub, &sessions, &rooms);
-    ck_assert_uint_eq(sessions, 2);
-    ck_assert_uint_eq(rooms, 1);
+    expect_stats(2, 1);
     json_object_put(data);
     free(big);
 }
@@ -1109,19 +1044,12 @@ START_TEST(test_reading_keeps_up)
     peer_t *a, *b;
     set("presence_burst", "1000");
     set("session_buffer_msgs", "8");
-    a = open_peer("ada", "{\"*\":\"r\"}");
-    b = open_peer("bob", "{\"*\":\"r\"}");
-    join_ok(a, "doc:1", NULL);
-    join_ok(b, "doc:1", NULL);
-    drain_all();
+    two_in_doc1(&a, &b);
     for (int i = 0; i < 100; i++) {
         presence_n(a, "doc:1", i);
         if (i % 5 == 4)
-            for (int j = i - 4; j <= i; j++) {
-                json_object *o = expect_msg(b, "presence");   /* not a resync */
-                ck_assert_int_eq(int_field(obj_field(o, "state", json_type_object), "n"), j);
-                json_object_put(o);
-            }
+            for (int j = i - 4; j <= i; j++)
+                expect_presence_n(b, j);   /* not a resync */
     }
     expect_empty(b);
 }
@@ -1245,9 +1173,7 @@ START_TEST(test_join_after_close)
     /* A broadcast would touch the freed session if it were still a member. */
     ck_assert_int_eq(stoa_hub_presence(b->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
     stoa_hub_tick(hub, stoa_now_ms() + AFTER_TIMEOUT_MS);
-    o = expect_msg(b, "peer_left");
-    expect_peer_left(o, "doc:1", peer_id(b), "timeout");
-    json_object_put(o);
+    expect_left(b, "doc:1", b, "timeout");
     expect_empty(b);
     json_object_put(patch);
 }
@@ -1257,13 +1183,9 @@ START_TEST(test_free_does_not_wake_gone_transports)
 {
     /* stoa_hub_free with sessions still open: their transports are gone,
      * so closing them must not call ops->wake on any of them. */
-    peer_t *a = open_peer("ada", "{\"*\":\"r\"}"), *b = open_peer("bob", "{\"*\":\"r\"}"),
-           *c = open_peer("cy", "{\"*\":\"r\"}");
+    peer_t *a, *b, *c;
     int wakes;
-    join_ok(a, "doc:1", NULL);
-    join_ok(b, "doc:1", NULL);
-    join_ok(c, "doc:1", NULL);
-    drain_all();
+    three_in_doc1(&a, &b, &c, NULL);
     wakes = a->wakes + b->wakes + c->wakes;
     stoa_hub_free(hub);
     hub = NULL;

@@ -2,6 +2,7 @@
 #include "stoa/perm.h"
 
 #include <check.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,131 +33,91 @@ static void expect(const stoa_perms_t *p, const char *room, unsigned want)
     ck_assert_msg(got == want, "rights on %s: got %u, want %u", room, got, want);
 }
 
+/* Parse text and check the rights on each room: the arguments after it
+ * are pairs of a room and the rights wanted on it, ended by NULL. */
+static __attribute__((sentinel)) void rights_are(const char *text, ...)
+{
+    stoa_perms_t *p = parse_ok(text);
+    const char *room;
+    va_list ap;
+    va_start(ap, text);
+    while ((room = va_arg(ap, const char *)) != NULL)
+        expect(p, room, (unsigned)va_arg(ap, int));
+    va_end(ap);
+    stoa_perms_free(p);
+}
+
 START_TEST(test_exact)
 {
-    stoa_perms_t *p = parse_ok("{\"doc:123\":\"rw\",\"doc:9\":\"r\"}");
-    expect(p, "doc:123", RW);
-    expect(p, "doc:9", R);
-    expect(p, "doc:1234", 0);   /* an exact pattern is not a prefix */
-    expect(p, "doc:12", 0);
-    expect(p, "record:123", 0);
-    stoa_perms_free(p);
+    /* doc:1234: an exact pattern is not a prefix. */
+    rights_are("{\"doc:123\":\"rw\",\"doc:9\":\"r\"}", "doc:123", RW, "doc:9", R, "doc:1234", 0, "doc:12", 0,
+               "record:123", 0, NULL);
 }
 END_TEST
 
 START_TEST(test_wildcard)
 {
-    stoa_perms_t *p = parse_ok("{\"record:*\":\"r\"}");
-    expect(p, "record:abc", R);
-    expect(p, "record:1", R);
-    expect(p, "records:1", 0);
-    expect(p, "doc:1", 0);
-    stoa_perms_free(p);
+    rights_are("{\"record:*\":\"r\"}", "record:abc", R, "record:1", R, "records:1", 0, "doc:1", 0, NULL);
 
-    p = parse_ok("{\"*\":\"rw\"}");
-    expect(p, "doc:1", RW);
-    expect(p, "anything:else", RW);
-    stoa_perms_free(p);
+    rights_are("{\"*\":\"rw\"}", "doc:1", RW, "anything:else", RW, NULL);
 }
 END_TEST
 
 START_TEST(test_longest_match_wins)
 {
-    stoa_perms_t *p = parse_ok("{\"*\":\"rw\",\"doc:*\":\"r\",\"doc:secret*\":\"\"}");
-    expect(p, "record:1", RW);
-    expect(p, "doc:1", R);
-    expect(p, "doc:secret", 0);
-    expect(p, "doc:secret-plans", 0);
-    stoa_perms_free(p);
+    rights_are("{\"*\":\"rw\",\"doc:*\":\"r\",\"doc:secret*\":\"\"}", "record:1", RW, "doc:1", R,
+               "doc:secret", 0, "doc:secret-plans", 0, NULL);
 
     /* Order in the object does not matter. */
-    p = parse_ok("{\"doc:secret*\":\"\",\"doc:*\":\"r\",\"*\":\"rw\"}");
-    expect(p, "record:1", RW);
-    expect(p, "doc:1", R);
-    expect(p, "doc:secret-plans", 0);
-    stoa_perms_free(p);
+    rights_are("{\"doc:secret*\":\"\",\"doc:*\":\"r\",\"*\":\"rw\"}", "record:1", RW, "doc:1", R,
+               "doc:secret-plans", 0, NULL);
 
     /* An exact name beats any shorter wildcard, and a longer wildcard
      * beats a shorter exact name it does not match anyway. */
-    p = parse_ok("{\"doc:*\":\"rw\",\"doc:1\":\"r\"}");
-    expect(p, "doc:1", R);
-    expect(p, "doc:2", RW);
-    stoa_perms_free(p);
+    rights_are("{\"doc:*\":\"rw\",\"doc:1\":\"r\"}", "doc:1", R, "doc:2", RW, NULL);
 }
 END_TEST
 
 START_TEST(test_exact_beats_equal_wildcard)
 {
     /* "doc:1*" and "doc:1" have the same 5-byte prefix; the exact one wins. */
-    stoa_perms_t *p = parse_ok("{\"doc:1*\":\"rw\",\"doc:1\":\"r\"}");
-    expect(p, "doc:1", R);
-    expect(p, "doc:12", RW);
-    stoa_perms_free(p);
+    rights_are("{\"doc:1*\":\"rw\",\"doc:1\":\"r\"}", "doc:1", R, "doc:12", RW, NULL);
 
-    p = parse_ok("{\"doc:1\":\"\",\"doc:1*\":\"rw\"}");
-    expect(p, "doc:1", 0);
-    expect(p, "doc:10", RW);
-    stoa_perms_free(p);
+    rights_are("{\"doc:1\":\"\",\"doc:1*\":\"rw\"}", "doc:1", 0, "doc:10", RW, NULL);
 }
 END_TEST
 
 START_TEST(test_empty_rights_deny)
 {
-    stoa_perms_t *p = parse_ok("{\"*\":\"r\",\"doc:secret\":\"\"}");
-    expect(p, "doc:secret", 0);
-    expect(p, "doc:public", R);
-    stoa_perms_free(p);
+    rights_are("{\"*\":\"r\",\"doc:secret\":\"\"}", "doc:secret", 0, "doc:public", R, NULL);
 
-    p = parse_ok("{\"doc:123\":\"rw\",\"record:*\":\"r\",\"*\":\"\"}");
-    expect(p, "doc:123", RW);
-    expect(p, "record:x", R);
-    expect(p, "project:7", 0);
-    stoa_perms_free(p);
+    rights_are("{\"doc:123\":\"rw\",\"record:*\":\"r\",\"*\":\"\"}", "doc:123", RW, "record:x", R,
+               "project:7", 0, NULL);
 
-    p = parse_ok("{}");
-    expect(p, "doc:1", 0);
-    stoa_perms_free(p);
+    rights_are("{}", "doc:1", 0, NULL);
     expect(NULL, "doc:1", 0);
 }
 END_TEST
 
 START_TEST(test_sidecar)
 {
-    stoa_perms_t *p = parse_ok("{\"doc:1\":\"rw\",\"doc:2\":\"r\"}");
     /* Readable with read on the base room, never writable through it. */
-    expect(p, "eph:doc:1", R);
-    expect(p, "eph:doc:2", R);
-    expect(p, "eph:doc:3", 0);
-    stoa_perms_free(p);
+    rights_are("{\"doc:1\":\"rw\",\"doc:2\":\"r\"}", "eph:doc:1", R, "eph:doc:2", R, "eph:doc:3", 0, NULL);
 
-    p = parse_ok("{\"doc:*\":\"r\"}");
-    expect(p, "eph:doc:77", R);
-    expect(p, "eph:record:1", 0);
-    stoa_perms_free(p);
+    rights_are("{\"doc:*\":\"r\"}", "eph:doc:77", R, "eph:record:1", 0, NULL);
 
     /* Whatever the patterns say about the sidecar itself. */
-    p = parse_ok("{\"doc:1\":\"r\",\"eph:*\":\"\"}");
-    expect(p, "eph:doc:1", R);
-    stoa_perms_free(p);
+    rights_are("{\"doc:1\":\"r\",\"eph:*\":\"\"}", "eph:doc:1", R, NULL);
 
     /* Denying a room denies its sidecar: "*" does not reach it directly. */
-    p = parse_ok("{\"*\":\"r\",\"doc:secret\":\"\"}");
-    expect(p, "doc:secret", 0);
-    expect(p, "eph:doc:secret", 0);
-    expect(p, "eph:doc:open", R);
-    stoa_perms_free(p);
+    rights_are("{\"*\":\"r\",\"doc:secret\":\"\"}", "doc:secret", 0, "eph:doc:secret", 0, "eph:doc:open", R,
+               NULL);
 
     /* Sidecar patterns apply to all sidecars. */
-    p = parse_ok("{\"eph:*\":\"r\"}");
-    expect(p, "eph:doc:9", R);
-    expect(p, "doc:9", 0);
-    stoa_perms_free(p);
+    rights_are("{\"eph:*\":\"r\"}", "eph:doc:9", R, "doc:9", 0, NULL);
 
     /* Explicit patterns on the sidecar still grant their own rights. */
-    p = parse_ok("{\"eph:doc:5\":\"rw\"}");
-    expect(p, "eph:doc:5", RW);
-    expect(p, "doc:5", 0);
-    stoa_perms_free(p);
+    rights_are("{\"eph:doc:5\":\"rw\"}", "eph:doc:5", RW, "doc:5", 0, NULL);
 }
 END_TEST
 
@@ -212,11 +173,7 @@ static char *many_patterns(int n)
 START_TEST(test_too_many_patterns)
 {
     char *text = many_patterns(STOA_PERM_MAX_PATTERNS);
-    stoa_perms_t *p = parse_ok(text);
-    expect(p, "doc:0", R);
-    expect(p, "doc:255", R);
-    expect(p, "doc:256", 0);
-    stoa_perms_free(p);
+    rights_are(text, "doc:0", R, "doc:255", R, "doc:256", 0, NULL);
     free(text);
 
     text = many_patterns(STOA_PERM_MAX_PATTERNS + 1);

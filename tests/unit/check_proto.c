@@ -7,9 +7,12 @@
 #include "stoa/util.h"
 
 #include <check.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "hub_fixture.h"
 
 static int wakes;
 
@@ -23,20 +26,11 @@ static void fake_wake(void *transport, stoa_session_t *sess, void *conn)
 
 static const stoa_transport_ops_t fake_ops = {.name = "fake", .wake = fake_wake};
 
-static stoa_config_t *cfg;
-static stoa_hub_t *hub;
 static stoa_session_t *sess, *other;
 
 static stoa_identity_t *make_ident(const char *sub, const char *rights)
 {
-    char err[256];
-    stoa_identity_t *id = stoa_xcalloc(1, sizeof *id);
-    id->sub = stoa_xstrdup(sub);
-    id->name = stoa_xstrdup(sub);
-    id->color = stoa_xstrdup("#3cb44b");
-    id->perms = stoa_perms_parse(rights, 128, err, sizeof err);
-    ck_assert_msg(id->perms != NULL, "%s", err);
-    return id;
+    return fixture_ident(sub, rights, "#3cb44b");
 }
 
 /* The fake transport's per-connection objects (stoa_session_next takes
@@ -134,19 +128,6 @@ static void expect_empty(stoa_session_t *s)
     ck_assert_msg(m == NULL, "expected no message, got %s", m ? stoa_msg_text(m) : "");
 }
 
-static const char *str_field(json_object *o, const char *key)
-{
-    json_object *v;
-    ck_assert_msg(json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string),
-                  "no string \"%s\" in %s", key, json_object_to_json_string(o));
-    return json_object_get_string(v);
-}
-
-static bool has_field(json_object *o, const char *key)
-{
-    return json_object_object_get_ex(o, key, NULL);
-}
-
 /* Pop an error of `code`; returns it (the caller puts it). */
 static json_object *expect_error(stoa_session_t *s, const char *code)
 {
@@ -170,15 +151,51 @@ static void bad(const char *text, stoa_err_t want, const char *code)
     expect_empty(sess);
 }
 
+/* bad() for each text in turn; the list of texts ends with NULL. */
+static __attribute__((sentinel)) void bad_all(stoa_err_t want, const char *code, ...)
+{
+    va_list ap;
+    const char *text;
+    va_start(ap, code);
+    while ((text = va_arg(ap, const char *)) != NULL)
+        bad(text, want, code);
+    va_end(ap);
+}
+
+/* handle(text) returns want and queues an error of `code`. */
+static void handled_error(const char *text, stoa_err_t want, const char *code)
+{
+    ck_assert_int_eq(handle(text), want);
+    json_object_put(expect_error(sess, code));
+}
+
+/* Pop a message of `type`; returns it (the caller puts it). */
+static json_object *pop_type(stoa_session_t *s, const char *type)
+{
+    json_object *o = pop(s);
+    ck_assert_str_eq(str_field(o, "type"), type);
+    return o;
+}
+
+/* Pop a message of `type` and drop it. */
+static void expect_type(stoa_session_t *s, const char *type)
+{
+    json_object_put(pop_type(s, type));
+}
+
+/* o has an integer id equal to n. */
+static void expect_int_id(json_object *o, int n)
+{
+    json_object *id;
+    ck_assert(json_object_object_get_ex(o, "id", &id));
+    ck_assert(json_object_is_type(id, json_type_int));
+    ck_assert_int_eq(json_object_get_int(id), n);
+}
+
 START_TEST(test_bad_json)
 {
-    bad("{", STOA_ERR_BAD_JSON, "BAD_JSON");
-    bad("not json", STOA_ERR_BAD_JSON, "BAD_JSON");
-    bad("{\"type\":\"ping\",}", STOA_ERR_BAD_JSON, "BAD_JSON");
-    bad("{\"type\":\"ping\"", STOA_ERR_BAD_JSON, "BAD_JSON");
-    bad("{'type':'ping'}", STOA_ERR_BAD_JSON, "BAD_JSON");
-    bad("\"unterminated", STOA_ERR_BAD_JSON, "BAD_JSON");
-    bad("   ", STOA_ERR_BAD_JSON, "BAD_JSON");
+    bad_all(STOA_ERR_BAD_JSON, "BAD_JSON", "{", "not json", "{\"type\":\"ping\",}", "{\"type\":\"ping\"",
+            "{'type':'ping'}", "\"unterminated", "   ", NULL);
     ck_assert_int_eq(stoa_proto_handle(sess, "", 0), STOA_ERR_BAD_JSON);
     json_object_put(expect_error(sess, "BAD_JSON"));
     expect_empty(sess);
@@ -187,10 +204,8 @@ END_TEST
 
 START_TEST(test_trailing_garbage)
 {
-    json_object *o;
-    bad("{\"type\":\"ping\"} x", STOA_ERR_BAD_JSON, "BAD_JSON");
-    bad("{\"type\":\"ping\"}{\"type\":\"ping\"}", STOA_ERR_BAD_JSON, "BAD_JSON");
-    bad("{\"type\":\"ping\"}]", STOA_ERR_BAD_JSON, "BAD_JSON");
+    bad_all(STOA_ERR_BAD_JSON, "BAD_JSON", "{\"type\":\"ping\"} x", "{\"type\":\"ping\"}{\"type\":\"ping\"}",
+            "{\"type\":\"ping\"}]", NULL);
     /* A NUL byte is not whitespace. */
     ck_assert_int_eq(stoa_proto_handle(sess, "{\"type\":\"ping\"}\0x", 17), STOA_ERR_BAD_JSON);
     json_object_put(expect_error(sess, "BAD_JSON"));
@@ -198,9 +213,7 @@ START_TEST(test_trailing_garbage)
     json_object_put(expect_error(sess, "BAD_JSON"));
     /* Trailing whitespace is fine. */
     ck_assert_int_eq(handle("{\"type\":\"ping\"} \r\n\t "), STOA_OK);
-    o = pop(sess);
-    ck_assert_str_eq(str_field(o, "type"), "pong");
-    json_object_put(o);
+    expect_type(sess, "pong");
     expect_empty(sess);
 }
 END_TEST
@@ -209,46 +222,32 @@ START_TEST(test_not_nul_terminated)
 {
     /* Only len bytes are read: what follows them is not part of the message. */
     const char buf[] = "{\"type\":\"ping\",\"id\":9}GARBAGE";
-    json_object *o;
     ck_assert_int_eq(stoa_proto_handle(sess, buf, strlen(buf) - strlen("GARBAGE")), STOA_OK);
-    o = pop(sess);
-    ck_assert_str_eq(str_field(o, "type"), "pong");
-    json_object_put(o);
+    expect_type(sess, "pong");
     expect_empty(sess);
 }
 END_TEST
 
 START_TEST(test_non_object)
 {
-    bad("[1,2]", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("[]", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("\"ping\"", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("true", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("null", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad_all(STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE", "[1,2]", "[]", "\"ping\"", "true", "null", NULL);
     /* A number is valid JSON, just not a message. */
-    bad("42", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("-1.5e3", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad(" 7 ", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad_all(STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE", "42", "-1.5e3", " 7 ", NULL);
 }
 END_TEST
 
 START_TEST(test_missing_or_bad_type)
 {
-    bad("{}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("{\"room\":\"doc:1\"}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("{\"type\":5}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("{\"type\":null}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("{\"type\":[\"ping\"]}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("{\"type\":{\"name\":\"ping\"}}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad_all(STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE", "{}", "{\"room\":\"doc:1\"}", "{\"type\":5}",
+            "{\"type\":null}", "{\"type\":[\"ping\"]}", "{\"type\":{\"name\":\"ping\"}}", NULL);
 }
 END_TEST
 
 START_TEST(test_unknown_type)
 {
     json_object *o;
-    bad("{\"type\":\"dance\"}", STOA_ERR_UNKNOWN_TYPE, "UNKNOWN_TYPE");
-    bad("{\"type\":\"PING\"}", STOA_ERR_UNKNOWN_TYPE, "UNKNOWN_TYPE");
-    bad("{\"type\":\"\"}", STOA_ERR_UNKNOWN_TYPE, "UNKNOWN_TYPE");
+    bad_all(STOA_ERR_UNKNOWN_TYPE, "UNKNOWN_TYPE", "{\"type\":\"dance\"}", "{\"type\":\"PING\"}",
+            "{\"type\":\"\"}", NULL);
     ck_assert_int_eq(handle("{\"type\":\"welcome\",\"id\":\"w\"}"), STOA_ERR_UNKNOWN_TYPE);
     o = expect_error(sess, "UNKNOWN_TYPE");
     ck_assert_str_eq(str_field(o, "id"), "w");
@@ -259,13 +258,10 @@ END_TEST
 
 START_TEST(test_missing_room)
 {
-    bad("{\"type\":\"join\"}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("{\"type\":\"leave\"}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("{\"type\":\"heartbeat\"}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("{\"type\":\"presence\",\"state\":{}}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("{\"type\":\"ephemeral\",\"data\":1}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("{\"type\":\"join\",\"room\":7}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("{\"type\":\"join\",\"room\":null}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad_all(STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE", "{\"type\":\"join\"}", "{\"type\":\"leave\"}",
+            "{\"type\":\"heartbeat\"}", "{\"type\":\"presence\",\"state\":{}}",
+            "{\"type\":\"ephemeral\",\"data\":1}", "{\"type\":\"join\",\"room\":7}",
+            "{\"type\":\"join\",\"room\":null}", NULL);
 }
 END_TEST
 
@@ -273,9 +269,7 @@ START_TEST(test_missing_argument)
 {
     json_object *o;
     ck_assert_int_eq(handle("{\"type\":\"join\",\"room\":\"doc:1\"}"), STOA_OK);
-    o = pop(sess);
-    ck_assert_str_eq(str_field(o, "type"), "room_state");
-    json_object_put(o);
+    expect_type(sess, "room_state");
 
     ck_assert_int_eq(handle("{\"type\":\"presence\",\"room\":\"doc:1\",\"id\":1}"), STOA_ERR_BAD_MESSAGE);
     o = expect_error(sess, "BAD_MESSAGE");
@@ -291,10 +285,8 @@ START_TEST(test_missing_argument)
     json_object_put(o);
 
     /* A state that is not an object is refused too. */
-    ck_assert_int_eq(handle("{\"type\":\"presence\",\"room\":\"doc:1\",\"state\":[1]}"), STOA_ERR_BAD_MESSAGE);
-    json_object_put(expect_error(sess, "BAD_MESSAGE"));
-    ck_assert_int_eq(handle("{\"type\":\"join\",\"room\":\"doc:2\",\"state\":\"x\"}"), STOA_ERR_BAD_MESSAGE);
-    json_object_put(expect_error(sess, "BAD_MESSAGE"));
+    handled_error("{\"type\":\"presence\",\"room\":\"doc:1\",\"state\":[1]}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    handled_error("{\"type\":\"join\",\"room\":\"doc:2\",\"state\":\"x\"}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
     expect_empty(sess);
 }
 END_TEST
@@ -303,11 +295,9 @@ START_TEST(test_bad_id)
 {
     char text[400];
     json_object *o;
-    bad("{\"type\":\"ping\",\"id\":{}}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("{\"type\":\"ping\",\"id\":{\"a\":1}}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("{\"type\":\"ping\",\"id\":[1]}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("{\"type\":\"ping\",\"id\":true}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
-    bad("{\"type\":\"ping\",\"id\":null}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
+    bad_all(STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE", "{\"type\":\"ping\",\"id\":{}}",
+            "{\"type\":\"ping\",\"id\":{\"a\":1}}", "{\"type\":\"ping\",\"id\":[1]}",
+            "{\"type\":\"ping\",\"id\":true}", "{\"type\":\"ping\",\"id\":null}", NULL);
     /* A bad id is reported before anything else is looked at. */
     bad("{\"type\":\"dance\",\"id\":{}}", STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
     /* Strings up to STOA_PROTO_MAX_ID bytes. */
@@ -315,8 +305,7 @@ START_TEST(test_bad_id)
     bad(text, STOA_ERR_BAD_MESSAGE, "BAD_MESSAGE");
     snprintf(text, sizeof text, "{\"type\":\"ping\",\"id\":\"%0*d\"}", STOA_PROTO_MAX_ID, 0);
     ck_assert_int_eq(handle(text), STOA_OK);
-    o = pop(sess);
-    ck_assert_str_eq(str_field(o, "type"), "pong");
+    o = pop_type(sess, "pong");
     ck_assert_uint_eq(strlen(str_field(o, "id")), STOA_PROTO_MAX_ID);
     json_object_put(o);
     expect_empty(sess);
@@ -334,9 +323,7 @@ START_TEST(test_id_echoed_in_errors)
 
     ck_assert_int_eq(handle("{\"type\":\"join\",\"room\":\"doc:secret\",\"id\":7}"), STOA_ERR_PERMISSION_DENIED);
     o = expect_error(sess, "PERMISSION_DENIED");
-    ck_assert(json_object_object_get_ex(o, "id", &id));
-    ck_assert(json_object_is_type(id, json_type_int));
-    ck_assert_int_eq(json_object_get_int(id), 7);
+    expect_int_id(o, 7);
     ck_assert_str_eq(str_field(o, "room"), "doc:secret");
     json_object_put(o);
 
@@ -352,11 +339,10 @@ END_TEST
 
 START_TEST(test_join_and_acks)
 {
-    json_object *o, *id;
+    json_object *o;
     ck_assert_int_eq(handle("{\"type\":\"join\",\"room\":\"doc:1\",\"state\":{\"name\":\"Ada\"},\"id\":1}"),
                      STOA_OK);
-    o = pop(sess);
-    ck_assert_str_eq(str_field(o, "type"), "room_state");
+    o = pop_type(sess, "room_state");
     ck_assert_str_eq(str_field(o, "room"), "doc:1");
     ck_assert_int_eq(json_object_get_int(json_object_object_get(o, "id")), 1);
     json_object_put(o);
@@ -367,31 +353,23 @@ START_TEST(test_join_and_acks)
 
     ck_assert_int_eq(handle("{\"type\":\"presence\",\"room\":\"doc:1\",\"state\":{\"cursor\":4},\"id\":2}"),
                      STOA_OK);
-    o = pop(sess);
-    ck_assert_str_eq(str_field(o, "type"), "ack");
-    ck_assert(json_object_object_get_ex(o, "id", &id));
-    ck_assert(json_object_is_type(id, json_type_int));
-    ck_assert_int_eq(json_object_get_int(id), 2);
+    o = pop_type(sess, "ack");
+    expect_int_id(o, 2);
     json_object_put(o);
-    o = pop(other);
-    ck_assert_str_eq(str_field(o, "type"), "presence");
+    o = pop_type(other, "presence");
     ck_assert_int_eq(json_object_get_int(json_object_object_get(json_object_object_get(o, "state"), "cursor")), 4);
     ck_assert_str_eq(str_field(json_object_object_get(o, "state"), "name"), "Ada");
     json_object_put(o);
 
     ck_assert_int_eq(handle("{\"type\":\"heartbeat\",\"room\":\"doc:1\",\"id\":\"hb\"}"), STOA_OK);
-    o = pop(sess);
-    ck_assert_str_eq(str_field(o, "type"), "ack");
+    o = pop_type(sess, "ack");
     ck_assert_str_eq(str_field(o, "id"), "hb");
     json_object_put(o);
 
     ck_assert_int_eq(handle("{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":{\"emoji\":\"x\"},\"id\":3}"),
                      STOA_OK);
-    o = pop(sess);
-    ck_assert_str_eq(str_field(o, "type"), "ack");
-    json_object_put(o);
-    o = pop(other);
-    ck_assert_str_eq(str_field(o, "type"), "ephemeral");
+    expect_type(sess, "ack");
+    o = pop_type(other, "ephemeral");
     ck_assert_str_eq(str_field(json_object_object_get(o, "data"), "emoji"), "x");
     json_object_put(o);
 
@@ -405,12 +383,10 @@ START_TEST(test_join_and_acks)
     json_object_put(o);
 
     ck_assert_int_eq(handle("{\"type\":\"leave\",\"room\":\"doc:1\",\"id\":\"bye\"}"), STOA_OK);
-    o = pop(sess);
-    ck_assert_str_eq(str_field(o, "type"), "ack");
+    o = pop_type(sess, "ack");
     ck_assert_str_eq(str_field(o, "id"), "bye");
     json_object_put(o);
-    o = pop(other);
-    ck_assert_str_eq(str_field(o, "type"), "peer_left");
+    o = pop_type(other, "peer_left");
     ck_assert_str_eq(str_field(o, "reason"), "leave");
     json_object_put(o);
     expect_empty(sess);
@@ -420,24 +396,19 @@ END_TEST
 
 START_TEST(test_ping_pong)
 {
-    json_object *o, *id;
+    json_object *o;
     ck_assert_int_eq(handle("{\"type\":\"ping\",\"id\":4}"), STOA_OK);
-    o = pop(sess);
-    ck_assert_str_eq(str_field(o, "type"), "pong");
-    ck_assert(json_object_object_get_ex(o, "id", &id));
-    ck_assert(json_object_is_type(id, json_type_int));
-    ck_assert_int_eq(json_object_get_int(id), 4);
+    o = pop_type(sess, "pong");
+    expect_int_id(o, 4);
     json_object_put(o);
 
     ck_assert_int_eq(handle("{\"type\":\"ping\",\"id\":\"abc\"}"), STOA_OK);
-    o = pop(sess);
-    ck_assert_str_eq(str_field(o, "type"), "pong");
+    o = pop_type(sess, "pong");
     ck_assert_str_eq(str_field(o, "id"), "abc");
     json_object_put(o);
 
     ck_assert_int_eq(handle("{\"type\":\"ping\"}"), STOA_OK);
-    o = pop(sess);
-    ck_assert_str_eq(str_field(o, "type"), "pong");
+    o = pop_type(sess, "pong");
     ck_assert(!has_field(o, "id"));
     json_object_put(o);
     /* Unknown extra fields are ignored. */
@@ -486,11 +457,8 @@ END_TEST
 
 START_TEST(test_session_stays_open)
 {
-    json_object *o;
-    for (int i = 0; i < 20; i++) {
-        ck_assert_int_eq(handle("garbage"), STOA_ERR_BAD_JSON);
-        json_object_put(expect_error(sess, "BAD_JSON"));
-    }
+    for (int i = 0; i < 20; i++)
+        handled_error("garbage", STOA_ERR_BAD_JSON, "BAD_JSON");
     /* Still open, still attached: findable by its id, next() not gone. */
     {
         stoa_session_t *found = stoa_hub_find(hub, stoa_session_id(sess));
@@ -499,9 +467,7 @@ START_TEST(test_session_stays_open)
         ck_assert_ptr_eq(stoa_session_conn(sess, &fake_ops), &sess_conn);
     }
     ck_assert_int_eq(handle("{\"type\":\"ping\",\"id\":1}"), STOA_OK);
-    o = pop(sess);
-    ck_assert_str_eq(str_field(o, "type"), "pong");
-    json_object_put(o);
+    expect_type(sess, "pong");
 }
 END_TEST
 

@@ -18,6 +18,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "hub_fixture.h"
+
 #define MAX_SESSIONS 16
 #define SECRET "0123456789abcdef0123456789abcdef-session-test"
 
@@ -67,8 +69,6 @@ static conn_t *new_conn(const char *name)
 
 /* ---- fixture ---- */
 
-static stoa_config_t *cfg;
-static stoa_hub_t *hub;
 static stoa_session_t *opened[MAX_SESSIONS];   /* references the test owns */
 static int nopened;
 static char why[256];
@@ -96,12 +96,6 @@ static void teardown(void)
     stoa_config_free(cfg);
 }
 
-static void set(const char *name, const char *value)
-{
-    char err[256];
-    ck_assert_msg(stoa_config_set(cfg, name, value, err, sizeof err) == 0, "%s=%s: %s", name, value, err);
-}
-
 static void keep(stoa_session_t *s)
 {
     ck_assert_int_lt(nopened, MAX_SESSIONS);
@@ -110,14 +104,7 @@ static void keep(stoa_session_t *s)
 
 static stoa_identity_t *make_ident(const char *sub, const char *rights)
 {
-    char err[256];
-    stoa_identity_t *id = stoa_xcalloc(1, sizeof *id);
-    id->sub = stoa_xstrdup(sub);
-    id->name = stoa_xstrdup(sub);
-    id->color = stoa_xstrdup("#4363d8");
-    id->perms = stoa_perms_parse(rights, 128, err, sizeof err);
-    ck_assert_msg(id->perms != NULL, "rights %s: %s", rights, err);
-    return id;
+    return fixture_ident(sub, rights, "#4363d8");
 }
 
 /* ---- JSON ---- */
@@ -127,35 +114,6 @@ static json_object *parse_msg(stoa_msg_t *m)
     json_object *o = json_tokener_parse(stoa_msg_text(m));
     ck_assert_msg(o != NULL, "message is not JSON: %s", stoa_msg_text(m));
     return o;
-}
-
-static const char *str_field(json_object *o, const char *key)
-{
-    json_object *v;
-    ck_assert_msg(json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string),
-                  "no string \"%s\" in %s", key, json_object_to_json_string(o));
-    return json_object_get_string(v);
-}
-
-static int64_t int_field(json_object *o, const char *key)
-{
-    json_object *v;
-    ck_assert_msg(json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_int),
-                  "no integer \"%s\" in %s", key, json_object_to_json_string(o));
-    return json_object_get_int64(v);
-}
-
-static json_object *obj_field(json_object *o, const char *key, json_type type)
-{
-    json_object *v;
-    ck_assert_msg(json_object_object_get_ex(o, key, &v) && json_object_is_type(v, type),
-                  "no \"%s\" of type %s in %s", key, json_type_to_name(type), json_object_to_json_string(o));
-    return v;
-}
-
-static bool bool_field(json_object *o, const char *key)
-{
-    return json_object_get_boolean(obj_field(o, key, json_type_boolean));
 }
 
 /* The "n" of a presence message's state. */
@@ -240,6 +198,14 @@ static json_object *expect_on(stoa_session_t *s, conn_t *c, const char *type)
     return o;
 }
 
+/* The next message on s through c is a presence whose state has n. */
+static void expect_presence_n(stoa_session_t *s, conn_t *c, int64_t n)
+{
+    json_object *o = expect_on(s, c, "presence");
+    ck_assert_int_eq(presence_n_of(o), n);
+    json_object_put(o);
+}
+
 static void expect_none(stoa_session_t *s, conn_t *c)
 {
     uint64_t seq = 777;
@@ -311,6 +277,15 @@ static void join_ok(stoa_session_t *s, const char *room, const char *state_json)
     stoa_err_t err = stoa_hub_join(s, room, state, NULL, why, sizeof why);
     ck_assert_msg(err == STOA_OK, "join %s: %s (%s)", room, stoa_err_name(err), why);
     json_object_put(state);
+}
+
+/* ada opens on ca and bob on cb; both join doc:1. */
+static void ada_and_bob_in_doc1(stoa_session_t **a, conn_t *ca, stoa_session_t **b, conn_t *cb)
+{
+    *a = open_on("ada", ca);
+    *b = open_on("bob", cb);
+    join_ok(*a, "doc:1", NULL);
+    join_ok(*b, "doc:1", NULL);
 }
 
 static void presence_n(stoa_session_t *s, const char *room, int n)
@@ -412,19 +387,13 @@ START_TEST(test_resume_replays)
     uint64_t n;
     json_object *o;
     set("presence_burst", "100");
-    a = open_on("ada", ca1);
-    b = open_on("bob", cb);
-    join_ok(a, "doc:1", NULL);
-    join_ok(b, "doc:1", NULL);
+    ada_and_bob_in_doc1(&a, ca1, &b, cb);
     drain(a, ca1);
     drain(b, cb);
     for (int i = 1; i <= 5; i++)
         presence_n(b, "doc:1", i);
-    for (int i = 1; i <= 3; i++) {
-        o = expect_on(a, ca1, "presence");
-        ck_assert_int_eq(presence_n_of(o), i);
-        json_object_put(o);
-    }
+    for (int i = 1; i <= 3; i++)
+        expect_presence_n(a, ca1, i);
     n = ca1->seq;
 
     /* The connection drops: the session and its membership stay. */
@@ -441,11 +410,8 @@ START_TEST(test_resume_replays)
     ck_assert_uint_eq(attach_ok(a, ca2, true, n), n);
     ck_assert_int_ge(ca2->wakes, 1);   /* it has messages waiting */
     ck_assert_ptr_eq(ca2->woken, a);
-    for (int i = 4; i <= 7; i++) {
-        o = expect_on(a, ca2, "presence");
-        ck_assert_int_eq(presence_n_of(o), i);
-        json_object_put(o);
-    }
+    for (int i = 4; i <= 7; i++)
+        expect_presence_n(a, ca2, i);
     ck_assert_uint_eq(ca2->seq, n + 4);
     expect_none(a, ca2);
     expect_gone(a, ca1);
@@ -453,11 +419,8 @@ START_TEST(test_resume_replays)
     /* A client may have lost what was handed to its connection: resuming
      * after n + 2 (behind the cursor) replays n + 3 and n + 4 again. */
     ck_assert_uint_eq(attach_ok(a, ca3, true, n + 2), n + 2);
-    for (int i = 6; i <= 7; i++) {
-        o = expect_on(a, ca3, "presence");
-        ck_assert_int_eq(presence_n_of(o), i);
-        json_object_put(o);
-    }
+    for (int i = 6; i <= 7; i++)
+        expect_presence_n(a, ca3, i);
     expect_none(a, ca3);
     expect_gone(a, ca2);
 
@@ -474,7 +437,6 @@ START_TEST(test_resume_without_last_seq)
 {
     conn_t *ca1 = new_conn("ca1"), *ca2 = new_conn("ca2"), *cb = new_conn("cb");
     stoa_session_t *a = open_on("ada", ca1), *b = open_on("bob", cb);
-    json_object *o;
     uint64_t at;
     join_ok(a, "doc:1", NULL);
     join_ok(b, "doc:1", NULL);
@@ -487,11 +449,8 @@ START_TEST(test_resume_without_last_seq)
     stoa_hub_detach(a, ca1, false);
     /* Delivery continues where the cursor stands; the welcome says where. */
     ck_assert_uint_eq(attach_ok(a, ca2, false, 0), at);
-    for (int i = 3; i <= 4; i++) {
-        o = expect_on(a, ca2, "presence");
-        ck_assert_int_eq(presence_n_of(o), i);
-        json_object_put(o);
-    }
+    for (int i = 3; i <= 4; i++)
+        expect_presence_n(a, ca2, i);
     expect_none(a, ca2);
 }
 END_TEST
@@ -645,9 +604,7 @@ START_TEST(test_supersede)
     presence_n(b, "doc:1", 2);
     ck_assert_int_ge(tp_other.wakes, 1);
     ck_assert_ptr_eq(ca3->woken, a);
-    o = expect_on(a, ca3, "presence");
-    ck_assert_int_eq(presence_n_of(o), 2);
-    json_object_put(o);
+    expect_presence_n(a, ca3, 2);
 }
 END_TEST
 
@@ -802,13 +759,9 @@ START_TEST(test_ack)
     stoa_session_t *a, *b;
     static const char *const rooms[] = {"doc:1"};
     uint64_t n;
-    json_object *o;
     stoa_msg_t *note = stoa_wire_notice("info", "acked");
     set("presence_burst", "100");
-    a = open_on("ada", ca1);
-    b = open_on("bob", cb);
-    join_ok(a, "doc:1", NULL);
-    join_ok(b, "doc:1", NULL);
+    ada_and_bob_in_doc1(&a, ca1, &b, cb);
     drain(a, ca1);
     stoa_hub_send(a, stoa_msg_ref(note));
     for (int i = 1; i <= 4; i++)
@@ -822,12 +775,8 @@ START_TEST(test_ack)
     ck_assert_uint_eq(stoa_msg_refcount(note), 1);
     /* ...and no more: a resume from n - 2 replays n - 1 and n. */
     ck_assert_uint_eq(attach_ok(a, ca2, true, n - 2), n - 2);
-    o = expect_on(a, ca2, "presence");
-    ck_assert_int_eq(presence_n_of(o), 3);
-    json_object_put(o);
-    o = expect_on(a, ca2, "presence");
-    ck_assert_int_eq(presence_n_of(o), 4);
-    json_object_put(o);
+    expect_presence_n(a, ca2, 3);
+    expect_presence_n(a, ca2, 4);
     expect_none(a, ca2);
 
     /* After ack(n), a resume from n - 1 has a gap. */
@@ -840,12 +789,8 @@ START_TEST(test_ack)
     presence_n(b, "doc:1", 5);
     presence_n(b, "doc:1", 6);
     stoa_session_ack(a, ca3->seq + 100);
-    o = expect_on(a, ca3, "presence");
-    ck_assert_int_eq(presence_n_of(o), 5);
-    json_object_put(o);
-    o = expect_on(a, ca3, "presence");
-    ck_assert_int_eq(presence_n_of(o), 6);
-    json_object_put(o);
+    expect_presence_n(a, ca3, 5);
+    expect_presence_n(a, ca3, 6);
     expect_none(a, ca3);
     stoa_msg_unref(note);
 }
@@ -857,7 +802,6 @@ START_TEST(test_age_trim)
     stoa_session_t *a, *b, *c;
     static const char *const rooms[] = {"doc:1"};
     uint64_t before, n_c;
-    json_object *o;
     set("session_buffer_age_s", "1");
     set("presence_burst", "100");
     a = open_on("ada", ca);
@@ -876,9 +820,7 @@ START_TEST(test_age_trim)
 
     /* Fresh messages are kept. */
     stoa_hub_tick(hub, stoa_now_ms());
-    o = expect_on(a, ca, "presence");
-    ck_assert_int_eq(presence_n_of(o), 1);
-    json_object_put(o);
+    expect_presence_n(a, ca, 1);
 
     /* 5 s later (session_buffer_age_s is 1) they are gone: the unread
      * ones with them, so A resyncs; B, which read everything, does not. */
@@ -953,10 +895,7 @@ START_TEST(test_resume_after_live_gap)
     uint64_t w, r;
     set("presence_burst", "100");
     set("session_buffer_msgs", "8");
-    a = open_on("ada", ca1);
-    b = open_on("bob", cb);
-    join_ok(a, "doc:1", NULL);
-    join_ok(b, "doc:1", NULL);
+    ada_and_bob_in_doc1(&a, ca1, &b, cb);
     drain(a, ca1);
     stoa_hub_detach(a, ca1, false);
     for (int i = 1; i <= 12; i++)
