@@ -55,7 +55,10 @@ unit() {   # dir
 
 integration() {   # dir
   echo "== black-box tests ($1)"
-  STOA_BIN="$root/$1/stoa" node --test --test-concurrency=1 tests/integration/ 2>&1 | tee "$log/node.txt"
+  # Bounded: one test may take at most 2 minutes, the whole run 20.
+  STOA_BIN="$root/$1/stoa" timeout -k 10 1200 node --test --test-concurrency=1 --test-timeout=120000 \
+    tests/integration/ 2>&1 | tee "$log/node.txt"
+  [ "${PIPESTATUS[0]}" -ne 124 ] || echo "black-box tests timed out after 20 minutes" | tee -a "$log/node.txt"
   add $(count_node "$log/node.txt")
 }
 

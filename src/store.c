@@ -2,6 +2,7 @@
  * metadata every backend keeps, SHA-256, and the choice of backend. */
 #include "stoa/store.h"
 #include "stoa/util.h"
+#include "store_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 struct stoa_store {
     const stoa_store_ops_t *ops;
@@ -47,6 +49,8 @@ static int mkdir_durable(const char *path)
 stoa_store_t *stoa_store_open(const stoa_config_t *cfg, char *err, size_t errlen)
 {
     char path[4096];
+    if (cfg->database_url && cfg->database_url[0])
+        return stoa_store_open_pg(cfg->database_url, (unsigned)cfg->snapshot_keep, err, errlen);
     if (mkdir_durable(cfg->data_dir) < 0 && errno != EEXIST) {
         snprintf(err, errlen, "cannot create data_dir %s: %s", cfg->data_dir, strerror(errno));
         return NULL;
@@ -141,6 +145,38 @@ stoa_err_t stoa_store_put(stoa_store_t *store, const char *room, uint64_t if_mat
     memcpy(info->content_type, content_type, tlen + 1);
     stoa_store_sha256_hex(data, len, info->sha256);
     return store->ops->put(store->impl, room, if_match, info, data, latest, err, errlen);
+}
+
+/* ---- compression at rest ---- */
+
+bool stoa_store_deflate(const void *data, size_t len, void **out, size_t *outlen, char *err, size_t errlen)
+{
+    uLongf zlen = compressBound((uLong)len);
+    Bytef *z = stoa_xmalloc(zlen);
+    int zrc = compress2(z, &zlen, len ? data : (const void *)"", (uLong)len, Z_DEFAULT_COMPRESSION);
+    if (zrc != Z_OK) {
+        snprintf(err, errlen, "cannot compress the snapshot (zlib %d)", zrc);
+        free(z);
+        return false;
+    }
+    *out = z;
+    *outlen = (size_t)zlen;
+    return true;
+}
+
+bool stoa_store_inflate(const void *z, size_t zlen, size_t size, void **out, const char **why)
+{
+    unsigned char *buf = stoa_xmalloc(size + 1);
+    uLongf got = (uLongf)size;
+    int zrc = uncompress(buf, &got, (const Bytef *)z, (uLong)zlen);
+    if (zrc != Z_OK || got != size) {
+        *why = zrc == Z_OK ? "wrong length" : zrc == Z_BUF_ERROR ? "truncated or too long" : "bad data";
+        free(buf);
+        return false;
+    }
+    buf[size] = '\0';
+    *out = buf;
+    return true;
 }
 
 /* ---- SHA-256 (FIPS 180-4) ---- */

@@ -34,6 +34,7 @@
 #include "stoa/log.h"
 #include "stoa/store.h"
 #include "stoa/util.h"
+#include "store_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -317,10 +318,10 @@ static stoa_err_t read_version(int dfd, const char *room, uint64_t version, stoa
     char name[32], *buf = NULL;
     const char *why = NULL;
     size_t len = 0, off;
-    unsigned char *out;
-    uLongf outlen;
+    void *out = NULL;
+    bool ok;
     char sum[65];
-    int fd, zrc;
+    int fd;
 
     snprintf(name, sizeof name, "%" PRIu64 ".z", version);
     fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
@@ -341,14 +342,10 @@ static stoa_err_t read_version(int dfd, const char *room, uint64_t version, stoa
         free(buf);
         return STOA_ERR_INTERNAL;
     }
-    out = stoa_xmalloc(info->size + 1);
-    outlen = (uLongf)info->size;
-    zrc = uncompress(out, &outlen, (const Bytef *)buf + off, (uLong)(len - off));
+    ok = stoa_store_inflate(buf + off, len - off, info->size, &out, &why);
     free(buf);
-    if (zrc != Z_OK || outlen != info->size) {
-        snprintf(err, errlen, "snapshot %" PRIu64 " of %s is damaged: %s", version, room,
-                 zrc == Z_OK ? "wrong length" : zrc == Z_BUF_ERROR ? "truncated or too long" : "bad data");
-        free(out);
+    if (!ok) {
+        snprintf(err, errlen, "snapshot %" PRIu64 " of %s is damaged: %s", version, room, why);
         return STOA_ERR_INTERNAL;
     }
     stoa_store_sha256_hex(out, info->size, sum);
@@ -357,7 +354,6 @@ static stoa_err_t read_version(int dfd, const char *room, uint64_t version, stoa
         free(out);
         return STOA_ERR_INTERNAL;
     }
-    out[info->size] = '\0';
     *data = out;
     return STOA_OK;
 }
@@ -390,17 +386,13 @@ static bool write_version(int dfd, const char *room, const stoa_snapshot_info_t 
 {
     char tmp[64], name[32], rnd[9];
     char header[HEADER_MAX];
-    uLongf zlen = compressBound((uLong)info->size);
-    Bytef *z = stoa_xmalloc(zlen);
-    int hlen, fd = -1, zrc;
+    void *z = NULL;
+    size_t zlen = 0;
+    int hlen, fd = -1;
     const char *what;
 
-    zrc = compress2(z, &zlen, info->size ? data : (const void *)"", (uLong)info->size, Z_DEFAULT_COMPRESSION);
-    if (zrc != Z_OK) {
-        snprintf(err, errlen, "cannot compress the snapshot (zlib %d)", zrc);
-        free(z);
+    if (!stoa_store_deflate(data, info->size, &z, &zlen, err, errlen))
         return false;
-    }
     hlen = snprintf(header, sizeof header,
                     MAGIC "version %" PRIu64 "\nsize %zu\ncreated_at %" PRId64
                           "\nsha256 %s\ncontent_type %s\nroom %s\n\n",

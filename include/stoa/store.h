@@ -7,11 +7,12 @@
  * same version exactly one wins; the other gets STOA_ERR_PRECONDITION_FAILED.
  * Versions are never reused while the newest one survives.
  *
- * The store is an ops table over a backend: the directory backend
- * (stoa_store_open_dir: zlib-compressed files under <data_dir>/snapshots)
- * is the only one today; another (PostgreSQL) plugs in with
- * stoa_store_new. The generic layer checks arguments and computes the
- * metadata every backend keeps (size, created_at, content_type, sha256).
+ * The store is an ops table over a backend, made with stoa_store_new: the
+ * directory backend (stoa_store_open_dir: zlib-compressed files under
+ * <data_dir>/snapshots) and the PostgreSQL backend (src/store_pg.c: rows
+ * of stoa_snapshots, zlib-compressed alike, on a connection of its own).
+ * The generic layer checks arguments and computes the metadata every
+ * backend keeps (size, created_at, content_type, sha256).
  *
  * Every function is thread-safe. Error messages (err) name rooms and
  * versions and are safe to log and to show to the client that asked.
@@ -82,15 +83,17 @@ stoa_store_t *stoa_store_new(const stoa_store_ops_t *ops, void *impl);
  * keep >= 1. NULL with a message in err on failure. */
 stoa_store_t *stoa_store_open_dir(const char *dir, unsigned keep, char *err, size_t errlen);
 
-/* The store the configuration asks for: the directory backend in
- * <data_dir>/snapshots keeping snapshot_keep versions (data_dir is
- * created if missing). cfg is read only during the call. */
+/* The store the configuration asks for, keeping snapshot_keep versions:
+ * with database_url set, the PostgreSQL backend (connects before
+ * returning; the schema must be migrated); otherwise the directory backend
+ * in <data_dir>/snapshots (data_dir is created if missing). cfg is read
+ * only during the call. */
 stoa_store_t *stoa_store_open(const stoa_config_t *cfg, char *err, size_t errlen);
 
 /* Close the backend and free. NULL is ignored. No call may be running. */
 void stoa_store_close(stoa_store_t *store);
 
-/* "dir", ... (static). */
+/* "dir" or "postgresql" (static). */
 const char *stoa_store_backend(const stoa_store_t *store);
 
 /* See stoa_store_ops_t. get/list/put validate their arguments first
