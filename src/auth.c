@@ -2,6 +2,7 @@
 #include "stoa/auth.h"
 #include "stoa/log.h"
 #include "stoa/names.h"
+#include "stoa/room.h"
 #include "stoa/util.h"
 
 #include <errno.h>
@@ -38,7 +39,48 @@ void stoa_identity_free(stoa_identity_t *id)
     free(id->name);
     free(id->color);
     stoa_perms_free(id->perms);
+    for (size_t i = 0; i < id->ngroups; i++)
+        free(id->groups[i]);
+    free(id->groups);
+    for (size_t i = 0; i < id->nauto_rooms; i++)
+        free(id->auto_rooms[i]);
+    free(id->auto_rooms);
     free(id);
+}
+
+/* The "groups" claim: an array of at most STOA_MAX_GROUPS group ids, each
+ * making a valid room "group:<id>". The session joins group:<id> for each,
+ * and user:<sub> (when that is a valid room name), with read rights on
+ * them. */
+static bool take_groups(stoa_identity_t *id, json_object *groups, size_t max_room, char *err, size_t errlen)
+{
+    size_t n;
+    char room[1100];
+    if (!json_object_is_type(groups, json_type_array) ||
+        (n = json_object_array_length(groups)) > STOA_MAX_GROUPS) {
+        snprintf(err, errlen, "groups must be an array of at most %d group ids", STOA_MAX_GROUPS);
+        return false;
+    }
+    id->groups = stoa_xcalloc(n + 1, sizeof *id->groups);
+    id->auto_rooms = stoa_xcalloc(n + 2, sizeof *id->auto_rooms);
+    snprintf(room, sizeof room, "user:%s", id->sub);
+    if (stoa_room_valid(room, max_room, NULL))
+        id->auto_rooms[id->nauto_rooms++] = stoa_xstrdup(room);
+    for (size_t i = 0; i < n; i++) {
+        json_object *g = json_object_array_get_idx(groups, i);
+        const char *gid = json_object_is_type(g, json_type_string) ? json_object_get_string(g) : NULL;
+        if (gid)
+            snprintf(room, sizeof room, "group:%s", gid);
+        if (!gid || strlen(gid) > 256 || !stoa_room_valid(room, max_room, NULL)) {
+            snprintf(err, errlen, "groups: each group id must make a valid room name group:<id>");
+            return false;
+        }
+        id->groups[id->ngroups++] = stoa_xstrdup(gid);
+        id->auto_rooms[id->nauto_rooms++] = stoa_xstrdup(room);
+    }
+    for (size_t i = 0; i < id->nauto_rooms; i++)
+        stoa_perms_grant(id->perms, id->auto_rooms[i], STOA_RIGHT_READ);
+    return true;
 }
 
 json_object *stoa_identity_user_json(const stoa_identity_t *id)
@@ -249,7 +291,7 @@ static stoa_identity_t *identity_from_claims(const stoa_auth_t *a, json_object *
     int64_t now = stoa_wall_s(), exp = 0, nbf = 0, iat = 0;
     bool has_exp, has_nbf, has_iat;
     const char *sub, *name, *color, *iss;
-    json_object *rooms = NULL, *anon = NULL;
+    json_object *rooms = NULL, *anon = NULL, *groups = NULL;
     stoa_identity_t *id;
     char perr[200];
 
@@ -314,6 +356,11 @@ static stoa_identity_t *identity_from_claims(const stoa_auth_t *a, json_object *
         }
     } else {
         id->perms = stoa_perms_parse("{}", a->max_pattern, perr, sizeof perr);
+    }
+    if (json_object_object_get_ex(claims, "groups", &groups) &&
+        !take_groups(id, groups, a->max_pattern, err, errlen)) {
+        stoa_identity_free(id);
+        return NULL;
     }
     return id;
 }
@@ -441,6 +488,12 @@ char *stoa_auth_mint(const stoa_auth_t *a, const stoa_identity_t *id, int ttl_s,
         json_object_object_add(claims, "anon", json_object_new_boolean(1));
     rooms = stoa_perms_to_json(id->perms);
     json_object_object_add(claims, "rooms", rooms);
+    if (id->groups) {
+        json_object *groups = json_object_new_array();
+        for (size_t i = 0; i < id->ngroups; i++)
+            json_object_array_add(groups, json_object_new_string(id->groups[i]));
+        json_object_object_add(claims, "groups", groups);
+    }
     json_object_object_add(claims, "iat", json_object_new_int64(now));
     json_object_object_add(claims, "exp", json_object_new_int64(now + ttl_s));
     if (a->issuer)

@@ -432,6 +432,14 @@ stoa_session_t *stoa_hub_open(stoa_hub_t *hub, stoa_identity_t *ident, const sto
         *welcome_out = welcome(s, false);
     hub_unlock(hub);
     STOA_DEBUG("peer %s opened over %s (user %s)", s->peer, ops ? ops->name : "nothing yet", ident->sub);
+    /* The identity's own rooms (user:{sub}, group:{id}): joined like any
+     * other, so their room_state comes first on the session. */
+    for (size_t i = 0; i < ident->nauto_rooms; i++) {
+        char why[256];
+        stoa_err_t err = stoa_hub_join(s, ident->auto_rooms[i], NULL, NULL, why, sizeof why);
+        if (err)
+            stoa_hub_send(s, stoa_wire_error(err, why, NULL, ident->auto_rooms[i]));
+    }
     return s;
 }
 

@@ -20,7 +20,7 @@ static void usage(FILE *out)
             "commands:\n"
             "  serve     run the server (stoa serve --help lists every setting)\n"
             "  token     mint a signed token: stoa token --sub ID [--name NAME] [--color #rrggbb]\n"
-            "            [--rooms JSON] [--anon] [--ttl SECONDS] [settings...]\n"
+            "            [--rooms JSON] [--groups ID,ID...] [--anon] [--ttl SECONDS] [settings...]\n"
             "  migrate   create or upgrade the PostgreSQL schema: stoa migrate --database URL\n"
             "  version   print the version\n");
 }
@@ -94,7 +94,7 @@ out:
 
 static int cmd_token(int argc, char **argv)
 {
-    const char *sub = NULL, *name = NULL, *color = NULL, *rooms = "{\"*\":\"rw\"}";
+    const char *sub = NULL, *name = NULL, *color = NULL, *rooms = "{\"*\":\"rw\"}", *groups = NULL;
     bool anon = false;
     long ttl = -1;
     char **rest = stoa_xcalloc((size_t)argc + 1, sizeof *rest);
@@ -111,6 +111,7 @@ static int cmd_token(int argc, char **argv)
         else if (strcmp(argv[i], "--name") == 0) slot = &name;
         else if (strcmp(argv[i], "--color") == 0) slot = &color;
         else if (strcmp(argv[i], "--rooms") == 0) slot = &rooms;
+        else if (strcmp(argv[i], "--groups") == 0) slot = &groups;
         else if (strcmp(argv[i], "--anon") == 0) { anon = true; continue; }
         else if (strcmp(argv[i], "--ttl") == 0 && i + 1 < argc) {
             char *end;
@@ -154,8 +155,19 @@ static int cmd_token(int argc, char **argv)
         fprintf(stderr, "stoa token: --rooms: %s\n", err);
         goto out;
     }
+    if (groups) {   /* comma-separated group ids; checked when verified below */
+        const char *cursor = groups, *g;
+        size_t len;
+        id.groups = stoa_xcalloc(strlen(groups) + 1, sizeof *id.groups);
+        while ((g = stoa_list_next(&cursor, &len)))
+            if (len > 0)
+                id.groups[id.ngroups++] = stoa_xstrndup(g, len);
+    }
     token = stoa_auth_mint(auth, &id, ttl > 0 ? (int)ttl : cfg->token_ttl_s, err, sizeof err);
     stoa_perms_free(id.perms);
+    for (size_t i = 0; i < id.ngroups; i++)
+        free(id.groups[i]);
+    free(id.groups);
     if (!token) {
         fprintf(stderr, "stoa token: %s\n", err);
         goto out;

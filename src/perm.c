@@ -96,6 +96,20 @@ stoa_perms_t *stoa_perms_copy(const stoa_perms_t *perms)
     return p;
 }
 
+void stoa_perms_grant(stoa_perms_t *perms, const char *room, unsigned rights)
+{
+    grant_t *g;
+    for (size_t i = 0; i < perms->n; i++)
+        if (!perms->grants[i].wildcard && strcmp(perms->grants[i].pattern, room) == 0)
+            return;
+    perms->grants = stoa_xrealloc(perms->grants, (perms->n + 2) * sizeof *perms->grants);
+    g = &perms->grants[perms->n++];
+    g->pattern = stoa_xstrdup(room);
+    g->prefix_len = strlen(room);
+    g->wildcard = 0;
+    g->rights = rights;
+}
+
 void stoa_perms_free(stoa_perms_t *perms)
 {
     if (!perms)

@@ -27,7 +27,14 @@ typedef struct stoa_identity {
     bool anonymous;
     stoa_perms_t *perms;  /* room rights; never NULL */
     int64_t exp;          /* expiry (epoch seconds), 0 for none */
+    char **groups;        /* the "groups" claim (NULL when absent) */
+    size_t ngroups;
+    char **auto_rooms;    /* rooms a session joins when it opens: user:{sub}
+                           * and group:{id} when the token lists groups */
+    size_t nauto_rooms;
 } stoa_identity_t;
+
+#define STOA_MAX_GROUPS 16
 
 void stoa_identity_free(stoa_identity_t *id);
 /* {"id","name","color","anonymous"}: a new object owned by the caller. */

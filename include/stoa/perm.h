@@ -34,6 +34,10 @@ stoa_perms_t *stoa_perms_parse(const char *text, size_t max_pattern_bytes, char 
 stoa_perms_t *stoa_perms_copy(const stoa_perms_t *perms);
 void stoa_perms_free(stoa_perms_t *perms);
 
+/* Add an exact pattern for room with these rights, unless the set
+ * already has an exact pattern for it (which then stays as it is). */
+void stoa_perms_grant(stoa_perms_t *perms, const char *room, unsigned rights);
+
 /* STOA_RIGHT_* bits granted on room (0 when nothing matches). */
 unsigned stoa_perms_rights(const stoa_perms_t *perms, const char *room);
 

@@ -121,6 +121,20 @@ START_TEST(test_sidecar)
 }
 END_TEST
 
+START_TEST(test_grant)
+{
+    stoa_perms_t *p = parse_ok("{\"doc:*\":\"rw\",\"group:x\":\"\"}");
+    stoa_perms_grant(p, "user:ada", STOA_RIGHT_READ);
+    expect(p, "user:ada", R);
+    stoa_perms_grant(p, "group:x", STOA_RIGHT_READ);   /* an exact pattern stays as it is */
+    expect(p, "group:x", 0);
+    stoa_perms_grant(p, "doc:1", STOA_RIGHT_READ);     /* exact beats the wildcard */
+    expect(p, "doc:1", R);
+    expect(p, "doc:2", RW);
+    stoa_perms_free(p);
+}
+END_TEST
+
 START_TEST(test_bad_inputs)
 {
     parse_bad("[]", MAXP);
@@ -239,6 +253,7 @@ static Suite *perm_suite(void)
     tcase_add_test(tc, test_exact_beats_equal_wildcard);
     tcase_add_test(tc, test_empty_rights_deny);
     tcase_add_test(tc, test_sidecar);
+    tcase_add_test(tc, test_grant);
     tcase_add_test(tc, test_bad_inputs);
     tcase_add_test(tc, test_from_json_non_object);
     tcase_add_test(tc, test_too_many_patterns);
