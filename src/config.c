@@ -78,6 +78,8 @@ static const setting_t settings[] = {
     I(snapshot_max_bytes, "1048576", 1024, 67108864, "largest document snapshot (PUT /v1/rooms/{room}/snapshot body), bytes"),
     I(snapshot_warn_bytes, "524288", 1024, 67108864, "snapshot size above which a save is logged as a warning, bytes"),
     I(snapshot_keep, "10", 1, 10000, "snapshot versions kept per room (older ones are pruned on save)"),
+    I(outbox_batch, "500", 1, 100000, "stoa_outbox rows delivered per drain query at most (with --database)"),
+    I(outbox_poll_ms, "100", 10, 60000, "time between drains of stoa_outbox when it was empty, ms (with --database)"),
 };
 
 /* Flag-only short names: --database is --database-url. */

@@ -1,7 +1,8 @@
 /* server.c - start-up, the housekeeping loop on the main thread, shutdown.
  *
  * Threads: main (signals, the hub's once-a-second tick), the acceptor,
- * libmicrohttpd's internal thread, the libwebsockets service thread.
+ * libmicrohttpd's internal thread, the libwebsockets service thread and,
+ * with a database, the outbox drainer (outbox.c).
  * See docs/architecture.md.
  */
 #include "stoa/server.h"
@@ -11,6 +12,7 @@
 #include "stoa/http.h"
 #include "stoa/hub.h"
 #include "stoa/log.h"
+#include "stoa/outbox.h"
 #include "stoa/store.h"
 #include "stoa/util.h"
 #include "stoa/ws.h"
@@ -56,6 +58,7 @@ int stoa_server_run(const stoa_config_t *cfg)
     stoa_auth_t *auth = NULL;
     stoa_db_t *db = NULL;
     stoa_hub_t *hub = NULL;
+    stoa_outbox_t *outbox = NULL;
     stoa_store_t *store = NULL;
     stoa_http_t *http = NULL;
     stoa_ws_t *ws = NULL;
@@ -87,6 +90,9 @@ int stoa_server_run(const stoa_config_t *cfg)
     if (!(store = stoa_store_open(cfg, err, sizeof err)))
         goto fail;
     hub = stoa_hub_new(cfg);
+    /* Rows applications queue with stoa_publish: its own thread and connection. */
+    if (cfg->database_url[0] && !(outbox = stoa_outbox_start(cfg, hub, err, sizeof err)))
+        goto fail;
     if (!(http = stoa_http_new(cfg, hub, auth, store, err, sizeof err)))
         goto fail;
     if (!(ws = stoa_ws_new(cfg, hub, auth, err, sizeof err)))
@@ -122,7 +128,9 @@ fail:
     STOA_ERROR("%s", err);
 out:
     /* No new connections first, then close the transports (their peers
-     * leave), then the hub. */
+     * leave), then the hub. The outbox drainer stops first: it publishes
+     * into the hub. */
+    stoa_outbox_stop(outbox);
     stoa_acceptor_free(acc);
     stoa_ws_free(ws);
     stoa_http_free(http);

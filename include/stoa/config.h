@@ -73,6 +73,9 @@ typedef struct stoa_config {
     int snapshot_max_bytes;
     int snapshot_warn_bytes;
     int snapshot_keep;
+    /* outbox (stoa_publish) */
+    int outbox_batch;
+    int outbox_poll_ms;
 } stoa_config_t;
 
 /* A new configuration holding the defaults. The caller owns it and frees

@@ -197,7 +197,7 @@ describe('PostgreSQL', () => {
       assert.doesNotMatch(r.stderr, /listening on/);
     });
 
-    it('starts on a migrated database: self-test passes, /healthz answers, two connections held until shutdown', async () => {
+    it('starts on a migrated database: self-test passes, /healthz answers, three connections held until shutdown', async () => {
       const url = await pg.createDatabase('serve_ok');
       assert.equal((await runStoa(['migrate', '--database', url])).code, 0);
       const srv = await startStoa(['--database', url]);
@@ -206,10 +206,12 @@ describe('PostgreSQL', () => {
         const r = await srv.fetch('/healthz');
         assert.equal(r.status, 200);
         // The self-test's second connection is gone; the kept ones stay: one
-        // for the bus, one of the snapshot store (never shared).
+        // for the bus, one of the snapshot store, one of the outbox drainer
+        // (never shared).
         const count = () => pg.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'serve_ok' AND application_name = 'stoa'",
           { database: 'postgres' });
-        await waitFor(async () => (await count()) === '2', { what: 'exactly two stoa connections (bus, snapshot store)' });
+        await waitFor(async () => (await count()) === '3',
+          { what: 'exactly three stoa connections (bus, snapshot store, outbox drainer)' });
         // It listens on nothing once the self-test is over.
         assert.equal(await pg.psql('SELECT count(*) FROM pg_listening_channels()', { database: 'serve_ok' }), '0');
         const { code, signal } = await srv.stop();
@@ -291,7 +293,7 @@ describe('PostgreSQL', () => {
     });
   });
 
-  describe('stoa_publish (table semantics; delivery into rooms comes with the bus)', () => {
+  describe('stoa_publish (table semantics; delivery into rooms: outbox.test.mjs)', () => {
     let url;
     before(async () => {
       url = await pg.createDatabase('publish');
