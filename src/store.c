@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -262,4 +263,19 @@ void stoa_store_sha256_hex(const void *data, size_t len, char out[65])
             out[8 * i + 2 * j + 1] = hex[byte & 15];
         }
     out[64] = '\0';
+}
+
+stoa_err_t stoa_store_precondition(const char *room, uint64_t if_match, uint64_t latest, char *err,
+                                   size_t errlen)
+{
+    if (if_match == latest)
+        return STOA_OK;
+    if (latest == 0)
+        snprintf(err, errlen, "%s has no snapshot yet (create the first with If-None-Match: *)", room);
+    else if (if_match == STOA_STORE_IF_NONE)
+        snprintf(err, errlen, "%s already has a snapshot: the latest is version %" PRIu64, room, latest);
+    else
+        snprintf(err, errlen, "version %" PRIu64 " of %s is not the latest: %" PRIu64 " is", if_match, room,
+                 latest);
+    return STOA_ERR_PRECONDITION_FAILED;
 }

@@ -556,14 +556,7 @@ static stoa_err_t dir_put(void *impl, const char *room, uint64_t if_match, stoa_
         goto out;
     }
     *latest = n ? v[0] : 0;
-    if (if_match != *latest) {
-        if (*latest == 0)
-            snprintf(err, errlen, "%s has no snapshot yet (create the first with If-None-Match: *)", room);
-        else if (if_match == STOA_STORE_IF_NONE)
-            snprintf(err, errlen, "%s already has a snapshot: the latest is version %" PRIu64, room, *latest);
-        else
-            snprintf(err, errlen, "version %" PRIu64 " of %s is not the latest: %" PRIu64 " is", if_match, room,
-                     *latest);
+    if (stoa_store_precondition(room, if_match, *latest, err, errlen) != STOA_OK) {
         e = STOA_ERR_PRECONDITION_FAILED;
         goto out;
     }

@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "stoa/store.h"
 
@@ -17,6 +18,12 @@ bool stoa_store_deflate(const void *data, size_t len, void **out, size_t *outlen
  * (malloc'd, size bytes plus a NUL). false with the reason in *why
  * (static text: "wrong length", "truncated or too long", "bad data"). */
 bool stoa_store_inflate(const void *z, size_t zlen, size_t size, void **out, const char **why);
+
+/* A save's precondition against the room's latest version (0: none yet):
+ * STOA_OK, or STOA_ERR_PRECONDITION_FAILED with the reason in err.
+ * if_match is a version or STOA_STORE_IF_NONE. */
+stoa_err_t stoa_store_precondition(const char *room, uint64_t if_match, uint64_t latest, char *err,
+                                   size_t errlen);
 
 /* The PostgreSQL backend (store_pg.c): rows of stoa_snapshots on its own
  * connection to url, keeping `keep` versions. NULL with a message in err. */
