@@ -9,80 +9,9 @@
 //   await lp.next('room_state');
 import http from 'node:http';
 import assert from 'node:assert/strict';
-import { DEFAULT_TIMEOUT, sleep } from './stoa.mjs';
+import { Inbox } from './stoa.mjs';
 
-const describeMsg = (m) => {
-  const s = JSON.stringify(m);
-  return s.length > 300 ? s.slice(0, 300) + '…' : s;
-};
-
-/** Parsed messages in arrival order, with next(pred)/peek/expectNone like Client's. */
-export class Inbox {
-  constructor() {
-    this.inbox = [];
-    this.received = [];
-    this.waiters = [];
-    this.ended = null;   // a reason once no more messages can come
-  }
-
-  push(m) {
-    this.received.push(m);
-    this.inbox.push(m);
-    for (const w of [...this.waiters]) {
-      const i = this.inbox.findIndex(w.pred);
-      if (i >= 0) {
-        const [hit] = this.inbox.splice(i, 1);
-        this.waiters.splice(this.waiters.indexOf(w), 1);
-        w.done(hit);
-      }
-    }
-  }
-
-  end(reason) {
-    if (this.ended) return;
-    this.ended = reason;
-    for (const w of this.waiters.splice(0)) w.fail(new Error(`stream ended (${reason}) while waiting`));
-  }
-
-  next(pred = () => true, timeoutMs = DEFAULT_TIMEOUT) {
-    const f = typeof pred === 'string' ? (m) => m.type === pred : pred;
-    const i = this.inbox.findIndex(f);
-    if (i >= 0) return Promise.resolve(this.inbox.splice(i, 1)[0]);
-    if (this.ended) return Promise.reject(new Error(`stream already ended (${this.ended})`));
-    return new Promise((resolve, reject) => {
-      const w = {
-        pred: f,
-        done: (m) => { clearTimeout(w.timer); resolve(m); },
-        fail: (e) => {
-          clearTimeout(w.timer);
-          e.message += `; waiting for ${pred.toString()}; inbox: ${this.inbox.map(describeMsg).join(' | ')}`;
-          reject(e);
-        },
-      };
-      w.timer = setTimeout(() => {
-        this.waiters.splice(this.waiters.indexOf(w), 1);
-        w.fail(new Error(`no matching message within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.waiters.push(w);
-    });
-  }
-
-  peek(pred = () => true) {
-    const f = typeof pred === 'string' ? (m) => m.type === pred : pred;
-    return this.inbox.filter(f);
-  }
-
-  drain() {
-    return this.inbox.splice(0);
-  }
-
-  async expectNone(pred, ms = 300) {
-    const f = typeof pred === 'string' ? (m) => m.type === pred : pred;
-    await sleep(ms);
-    const hits = this.inbox.filter(f);
-    if (hits.length) throw new Error(`unexpected message(s): ${hits.map(describeMsg).join(' | ')}`);
-  }
-}
+export { Inbox };
 
 // ---- cleanup ----
 

@@ -204,8 +204,76 @@ function describeMsg(m) {
   return s.length > 300 ? s.slice(0, 300) + '…' : s;
 }
 
+/** Parsed messages in arrival order: next(pred), peek, drain, expectNone. Client, SseStream and Poller extend it. */
+export class Inbox {
+  constructor() {
+    this.inbox = [];
+    this.received = [];
+    this.waiters = [];
+    this.ended = null;   // a reason once no more messages can come
+  }
+
+  push(m) {
+    this.received.push(m);
+    this.inbox.push(m);
+    for (const w of [...this.waiters]) {
+      const i = this.inbox.findIndex(w.pred);
+      if (i >= 0) {
+        const [hit] = this.inbox.splice(i, 1);
+        this.waiters.splice(this.waiters.indexOf(w), 1);
+        w.done(hit);
+      }
+    }
+  }
+
+  end(reason) {
+    if (this.ended) return;
+    this.ended = reason;
+    for (const w of this.waiters.splice(0)) w.fail(new Error(`stream ended (${reason}) while waiting`));
+  }
+
+  next(pred = () => true, timeoutMs = DEFAULT_TIMEOUT) {
+    const f = typeof pred === 'string' ? (m) => m.type === pred : pred;
+    const i = this.inbox.findIndex(f);
+    if (i >= 0) return Promise.resolve(this.inbox.splice(i, 1)[0]);
+    if (this.ended) return Promise.reject(new Error(`stream already ended (${this.ended})`));
+    return new Promise((resolve, reject) => {
+      const w = {
+        pred: f,
+        done: (m) => { clearTimeout(w.timer); resolve(m); },
+        fail: (e) => {
+          clearTimeout(w.timer);
+          e.message += `; waiting for ${pred.toString()}; inbox: ${this.inbox.map(describeMsg).join(' | ')}`;
+          reject(e);
+        },
+      };
+      w.timer = setTimeout(() => {
+        this.waiters.splice(this.waiters.indexOf(w), 1);
+        w.fail(new Error(`no matching message within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiters.push(w);
+    });
+  }
+
+  peek(pred = () => true) {
+    const f = typeof pred === 'string' ? (m) => m.type === pred : pred;
+    return this.inbox.filter(f);
+  }
+
+  drain() {
+    return this.inbox.splice(0);
+  }
+
+  async expectNone(pred, ms = 300) {
+    const f = typeof pred === 'string' ? (m) => m.type === pred : pred;
+    await sleep(ms);
+    const hits = this.inbox.filter(f);
+    if (hits.length) throw new Error(`unexpected message(s): ${hits.map(describeMsg).join(' | ')}`);
+  }
+}
+
 /** A WebSocket client with an inbox of parsed messages. */
-export class Client {
+export class Client extends Inbox {
   /**
    * opts: token, via ('query' | 'header' | 'cookie'; default 'query'),
    * origin, headers, path (default '/v1/ws'), protocol.
@@ -237,18 +305,16 @@ export class Client {
   }
 
   constructor(ws, srv) {
+    super();
     this.ws = ws;
     this.srv = srv;
-    this.inbox = [];        // parsed messages not yet taken
-    this.received = [];     // every parsed message, in order
     this.nonText = [];      // binary frames, if any
-    this.waiters = [];
     this.closeInfo = null;
     this.closed = new Promise((r) => {
       ws.on('close', (code, reason) => {
         this.closeInfo = { code, reason: reason.toString() };
         r(this.closeInfo);
-        for (const w of this.waiters.splice(0)) w.fail(new Error(`connection closed (${code}) while waiting`));
+        this.end(`connection closed (${code})`);
       });
     });
     ws.on('error', () => { /* surfaces as close */ });
@@ -256,62 +322,8 @@ export class Client {
       if (isBinary) { this.nonText.push(data); return; }
       let m;
       try { m = JSON.parse(data.toString()); } catch { m = { type: '<unparseable>', raw: data.toString() }; }
-      this.received.push(m);
-      this.inbox.push(m);
-      this._dispatch();
+      this.push(m);
     });
-  }
-
-  _dispatch() {
-    for (const w of [...this.waiters]) {
-      const i = this.inbox.findIndex(w.pred);
-      if (i >= 0) {
-        const [m] = this.inbox.splice(i, 1);
-        this.waiters.splice(this.waiters.indexOf(w), 1);
-        w.done(m);
-      }
-    }
-  }
-
-  /**
-   * The next message (oldest first) matching pred, taken out of the inbox;
-   * waits up to timeoutMs. pred may be a function or a type name.
-   */
-  next(pred = () => true, timeoutMs = DEFAULT_TIMEOUT) {
-    const f = typeof pred === 'string' ? (m) => m.type === pred : pred;
-    const i = this.inbox.findIndex(f);
-    if (i >= 0) return Promise.resolve(this.inbox.splice(i, 1)[0]);
-    if (this.closeInfo) {
-      return Promise.reject(new Error(`connection already closed (${this.closeInfo.code}); inbox: ` +
-        this.inbox.map(describeMsg).join(' | ')));
-    }
-    return new Promise((resolveNext, reject) => {
-      const w = {
-        pred: f,
-        done: (m) => { clearTimeout(w.timer); resolveNext(m); },
-        fail: (e) => {
-          clearTimeout(w.timer);
-          e.message += `; waiting for ${pred.toString()}; inbox: ${this.inbox.map(describeMsg).join(' | ')}`;
-          reject(e);
-        },
-      };
-      w.timer = setTimeout(() => {
-        this.waiters.splice(this.waiters.indexOf(w), 1);
-        w.fail(new Error(`no matching message within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.waiters.push(w);
-    });
-  }
-
-  /** The inbox messages matching pred, without taking them. */
-  peek(pred = () => true) {
-    const f = typeof pred === 'string' ? (m) => m.type === pred : pred;
-    return this.inbox.filter(f);
-  }
-
-  /** Take every message out of the inbox. */
-  drain() {
-    return this.inbox.splice(0);
   }
 
   /**
@@ -323,17 +335,6 @@ export class Client {
     const id = `sync-${++Client.seq}`;
     this.send({ type: 'ping', id });
     await this.next((m) => m.type === 'pong' && m.id === id, timeoutMs);
-  }
-
-  /**
-   * Assert that no message matching pred arrives within ms (default 300).
-   * Use sparingly; prefer sync() when ordering proves the point.
-   */
-  async expectNone(pred, ms = 300) {
-    const f = typeof pred === 'string' ? (m) => m.type === pred : pred;
-    await sleep(ms);
-    const hits = this.inbox.filter(f);
-    if (hits.length) throw new Error(`unexpected message(s): ${hits.map(describeMsg).join(' | ')}`);
   }
 
   send(obj) {
