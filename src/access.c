@@ -126,6 +126,8 @@ stoa_err_t stoa_access_connect(stoa_hub_t *hub, const stoa_auth_t *auth, const s
         return STOA_OK;
     }
     *sess = stoa_hub_find(hub, session_id);
+    if (!*sess)   /* it may live on another instance: move it here */
+        *sess = stoa_hub_adopt(hub, session_id, last_seq != NULL, seq);
     if (!*sess) {
         snprintf(why, whylen, "no such session (it ended or expired): start a new one");
         return STOA_ERR_SESSION_NOT_FOUND;

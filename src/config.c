@@ -80,6 +80,10 @@ static const setting_t settings[] = {
     I(snapshot_keep, "10", 1, 10000, "snapshot versions kept per room (older ones are pruned on save)"),
     I(outbox_batch, "500", 1, 100000, "stoa_outbox rows delivered per drain query at most (with --database)"),
     I(outbox_poll_ms, "100", 10, 60000, "time between drains of stoa_outbox when it was empty, ms (with --database)"),
+    I(bus_heartbeat_ms, "1000", 50, 60000, "longest time between two bus payloads of an instance (empty ones are heartbeats), ms (with --database)"),
+    I(bus_dead_ms, "3000", 200, 600000, "an instance not heard on the bus for this long is dead: its peers leave, ms (with --database)"),
+    I(bus_queue_bytes, "33554432", 65536, 1073741824, "bus events waiting to be sent, bytes at most; beyond, a snapshot replaces them (with --database)"),
+    I(bus_payload_keep_s, "60", 5, 86400, "age at which payloads too large for NOTIFY are deleted from stoa_bus_payloads, seconds (with --database)"),
 };
 
 /* Flag-only short names: --database is --database-url. */
@@ -330,6 +334,11 @@ int stoa_config_load(stoa_config_t *cfg, int argc, char **argv, char **envp, cha
                 snprintf(err, errlen, "api_keys: every key must have at least 24 characters (one has %zu)", len);
                 return -1;
             }
+    }
+    if (cfg->bus_dead_ms < 2 * cfg->bus_heartbeat_ms) {
+        snprintf(err, errlen, "bus_dead_ms (%d) must be at least twice bus_heartbeat_ms (%d)", cfg->bus_dead_ms,
+                 cfg->bus_heartbeat_ms);
+        return -1;
     }
     if (cfg->max_message_bytes < cfg->max_state_bytes) {
         snprintf(err, errlen, "max_message_bytes must be at least max_state_bytes");

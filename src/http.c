@@ -110,6 +110,8 @@ static enum MHD_Result h_health(call_t *c)
     json_object_object_add(o, "sessions", json_object_new_int64((int64_t)sessions));
     json_object_object_add(o, "rooms", json_object_new_int64((int64_t)rooms));
     json_object_object_add(o, "transports", stoa_hub_transport_counts(c->http->hub));
+    if (c->http->bus)
+        json_object_object_add(o, "bus", stoa_bus_status(c->http->bus));
     return stoa_http_send_json(c, MHD_HTTP_OK, o);
 }
 
@@ -437,6 +439,11 @@ stoa_http_t *stoa_http_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa
         return NULL;
     }
     return h;
+}
+
+void stoa_http_set_bus(stoa_http_t *http, stoa_bus_t *bus)
+{
+    http->bus = bus;
 }
 
 void stoa_http_add(stoa_http_t *h, int fd, const struct sockaddr *addr, socklen_t addrlen)

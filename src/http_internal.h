@@ -23,6 +23,7 @@ struct stoa_http {
     const stoa_auth_t *auth;
     stoa_park_t *park;
     stoa_store_t *store;
+    stoa_bus_t *bus;             /* NULL without a database */
     struct MHD_Daemon *daemon;
 };
 

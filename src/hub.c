@@ -6,7 +6,7 @@
  * it with hub_lock() and release it with hub_unlock(), which also delivers
  * the wakeups collected meanwhile, after the mutex is released.
  */
-#include "stoa/hub.h"
+#include "hub_internal.h"
 #include "stoa/log.h"
 #include "stoa/presence.h"
 #include "stoa/ratelimit.h"
@@ -21,76 +21,6 @@
 #include <string.h>
 #include <uthash.h>
 
-#define PEER_ID_LEN 12
-
-typedef struct room room_t;
-typedef struct membership membership_t;
-
-struct membership {
-    room_t *room;
-    stoa_session_t *sess;
-    json_object *state;          /* always an object */
-    int64_t last_seen_ms;
-    UT_hash_handle hh_room;      /* in room->members, keyed by sess->peer */
-    UT_hash_handle hh_sess;      /* in sess->rooms, keyed by room->name */
-};
-
-struct room {
-    char *name;
-    membership_t *members;
-    UT_hash_handle hh;
-};
-
-/* One numbered message in a session's buffer. */
-typedef struct entry {
-    uint64_t seq;
-    stoa_msg_t *msg;
-    int64_t at_ms;
-} entry_t;
-
-struct stoa_session {
-    atomic_uint refs;
-    stoa_hub_t *hub;
-    char peer[PEER_ID_LEN + 1];
-    char id[STOA_SESSION_ID_LEN + 1];
-    stoa_identity_t *ident;      /* immutable once open */
-    /* Everything below is guarded by hub->lock. */
-    json_object *user;           /* {"id","name","color","anonymous"} */
-    const stoa_transport_ops_t *ops;   /* NULL: detached */
-    void *transport;
-    void *conn;
-    int64_t detached_at_ms;
-    bool open;
-    bool wake_queued;
-    entry_t *ring;               /* seqs ring[head].seq ... next_seq - 1, consecutive */
-    size_t cap, head, len, bytes;
-    uint64_t next_seq;           /* the seq the next message gets */
-    uint64_t cursor;             /* last seq handed to the attached connection */
-    uint64_t resync_from, resync_to;   /* the latest resync block, kept until read */
-    membership_t *rooms;
-    stoa_bucket_t presence_bucket, ephemeral_bucket, join_bucket;
-    UT_hash_handle hh;           /* in hub->sessions, keyed by peer */
-    UT_hash_handle hh_id;        /* in hub->by_id, keyed by id */
-};
-
-/* A wakeup collected under the lock, delivered after it. */
-typedef struct wake {
-    const stoa_transport_ops_t *ops;
-    void *transport;
-    void *conn;
-    stoa_session_t *sess;        /* a reference */
-} wake_t;
-
-struct stoa_hub {
-    pthread_mutex_t lock;
-    const stoa_config_t *cfg;
-    room_t *rooms;
-    stoa_session_t *sessions;
-    stoa_session_t *by_id;
-    wake_t *wakes;
-    size_t nwakes, capwakes;
-    json_object *limits;
-};
 
 static const char *const reason_names[] = {"leave", "disconnect", "timeout", "kicked"};
 
@@ -101,21 +31,25 @@ const char *stoa_left_reason_name(stoa_left_reason_t reason)
 
 /* ---- locking and wakeups ---- */
 
-static void hub_lock(stoa_hub_t *hub)
+void hub_lock(stoa_hub_t *hub)
 {
     pthread_mutex_lock(&hub->lock);
 }
 
-static void hub_unlock(stoa_hub_t *hub)
+void hub_unlock(stoa_hub_t *hub)
 {
     wake_t *wakes = hub->wakes;
     size_t n = hub->nwakes;
+    bool kick = hub->bus_kick;
 
+    hub->bus_kick = false;
     hub->wakes = NULL;
     hub->nwakes = hub->capwakes = 0;
     for (size_t i = 0; i < n; i++)
         wakes[i].sess->wake_queued = false;
     pthread_mutex_unlock(&hub->lock);
+    if (kick)
+        hub->bus_ops->kick(hub->bus);   /* bus_ops is fixed while serving */
     for (size_t i = 0; i < n; i++) {
         wakes[i].ops->wake(wakes[i].transport, wakes[i].sess, wakes[i].conn);
         stoa_session_unref(wakes[i].sess);
@@ -123,7 +57,7 @@ static void hub_unlock(stoa_hub_t *hub)
     free(wakes);
 }
 
-static void add_wake(stoa_hub_t *hub, const stoa_transport_ops_t *ops, void *transport, void *conn,
+void hub_add_wake(stoa_hub_t *hub, const stoa_transport_ops_t *ops, void *transport, void *conn,
                      stoa_session_t *s)
 {
     if (hub->nwakes == hub->capwakes) {
@@ -139,7 +73,7 @@ static void schedule_wake(stoa_session_t *s)
     if (s->wake_queued || !s->ops)
         return;
     s->wake_queued = true;
-    add_wake(s->hub, s->ops, s->transport, s->conn, s);
+    hub_add_wake(s->hub, s->ops, s->transport, s->conn, s);
 }
 
 /* ---- the numbered buffer ---- */
@@ -209,10 +143,10 @@ static uint64_t append(stoa_session_t *s, stoa_msg_t *msg, int64_t now)
     return e->seq;
 }
 
-static void enqueue(stoa_session_t *s, stoa_msg_t *msg)
+void hub_enqueue(stoa_session_t *s, stoa_msg_t *msg)
 {
     int64_t now = stoa_now_ms();
-    if (!s->open)
+    if (!s->open || s->origin)
         return;
     append(s, msg, now);
     trim(s, now, UINT64_MAX);
@@ -222,11 +156,11 @@ static void enqueue(stoa_session_t *s, stoa_msg_t *msg)
 /* Queue and drop the caller's reference. */
 static void enqueue_owned(stoa_session_t *s, stoa_msg_t *msg)
 {
-    enqueue(s, msg);
+    hub_enqueue(s, msg);
     stoa_msg_unref(msg);
 }
 
-static void drop_buffer(stoa_session_t *s)
+void hub_drop_buffer(stoa_session_t *s)
 {
     while (s->len > 0)
         drop_oldest(s);
@@ -237,11 +171,11 @@ static void drop_buffer(stoa_session_t *s)
 
 /* ---- rooms ---- */
 
-static void broadcast(room_t *room, stoa_session_t *except, stoa_msg_t *msg)
+void hub_broadcast(room_t *room, stoa_session_t *except, stoa_msg_t *msg)
 {
     for (membership_t *m = room->members; m; m = m->hh_room.next)
         if (m->sess != except)
-            enqueue(m->sess, msg);
+            hub_enqueue(m->sess, msg);
 }
 
 static json_object *peer_entry(membership_t *m)
@@ -253,7 +187,7 @@ static json_object *peer_entry(membership_t *m)
     return p;
 }
 
-static json_object *room_peers(room_t *room)
+json_object *hub_room_peers(room_t *room)
 {
     json_object *arr = json_object_new_array();
     for (membership_t *m = room ? room->members : NULL; m; m = m->hh_room.next)
@@ -262,7 +196,7 @@ static json_object *room_peers(room_t *room)
 }
 
 /* Remove a membership, tell the room (and, on timeout, the peer itself). */
-static void remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t reason)
+void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t reason)
 {
     room_t *room = m->room;
     stoa_session_t *s = m->sess;
@@ -270,9 +204,17 @@ static void remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason
 
     HASH_DELETE(hh_room, room->members, m);
     HASH_DELETE(hh_sess, s->rooms, m);
-    broadcast(room, NULL, left);
+    if (!s->origin) {
+        json_object *ev = json_object_new_object();
+        json_object_object_add(ev, "t", json_object_new_string("leave"));
+        json_object_object_add(ev, "p", json_object_new_string(s->peer));
+        json_object_object_add(ev, "room", json_object_new_string(room->name));
+        json_object_object_add(ev, "why", json_object_new_string(stoa_left_reason_name(reason)));
+        hub_emit(hub, ev);
+    }
+    hub_broadcast(room, NULL, left);
     if (reason == STOA_LEFT_TIMEOUT || reason == STOA_LEFT_KICKED)
-        enqueue(s, left);   /* it did not ask: tell it too */
+        hub_enqueue(s, left);   /* it did not ask: tell it too */
     stoa_msg_unref(left);
     STOA_DEBUG("peer %s left %s (%s)", s->peer, room->name, stoa_left_reason_name(reason));
     json_object_put(m->state);
@@ -284,16 +226,50 @@ static void remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason
     }
 }
 
-static membership_t *find_membership(stoa_session_t *s, const char *room)
+membership_t *hub_find_membership(stoa_session_t *s, const char *room)
 {
     membership_t *m = NULL;
     HASH_FIND(hh_sess, s->rooms, room, strlen(room), m);
     return m;
 }
 
+membership_t *hub_add_membership(stoa_hub_t *hub, stoa_session_t *s, const char *room_name, json_object *state)
+{
+    membership_t *m = stoa_xcalloc(1, sizeof *m);
+    room_t *room;
+    stoa_msg_t *joined;
+
+    HASH_FIND_STR(hub->rooms, room_name, room);
+    if (!room) {
+        room = stoa_xcalloc(1, sizeof *room);
+        room->name = stoa_xstrdup(room_name);
+        HASH_ADD_KEYPTR(hh, hub->rooms, room->name, strlen(room->name), room);
+    }
+    m->room = room;
+    m->sess = s;
+    m->state = state;
+    m->last_seen_ms = stoa_now_ms();
+    HASH_ADD_KEYPTR(hh_room, room->members, s->peer, strlen(s->peer), m);
+    HASH_ADD_KEYPTR(hh_sess, s->rooms, room->name, strlen(room->name), m);
+    joined = stoa_wire_peer_joined(room->name, s->peer, s->user, m->state);
+    hub_broadcast(room, s, joined);
+    stoa_msg_unref(joined);
+    return m;
+}
+
+void hub_set_state(membership_t *m, json_object *state)
+{
+    stoa_msg_t *msg;
+    json_object_put(m->state);
+    m->state = state;
+    msg = stoa_wire_presence(m->room->name, m->sess->peer, m->state);
+    hub_broadcast(m->room, m->sess, msg);
+    stoa_msg_unref(msg);
+}
+
 /* The client missed messages that are gone: tell it, then give it the
  * whole state of each of its rooms. Delivery resumes at the resync. */
-static void resync(stoa_session_t *s, const char *reason)
+void hub_resync(stoa_session_t *s, const char *reason)
 {
     int64_t now = stoa_now_ms();
     json_object *o = json_object_new_object(), *rooms = json_object_new_array();
@@ -311,7 +287,7 @@ static void resync(stoa_session_t *s, const char *reason)
     append(s, msg, now);
     stoa_msg_unref(msg);
     for (membership_t *m = s->rooms; m; m = m->hh_sess.next) {
-        json_object *peers = room_peers(m->room);
+        json_object *peers = hub_room_peers(m->room);
         msg = stoa_wire_room_state(m->room->name, peers, NULL);
         json_object_put(peers);
         append(s, msg, now);
@@ -334,7 +310,7 @@ static stoa_msg_t *welcome(stoa_session_t *s, bool resumed)
 static void attach_locked(stoa_session_t *s, const stoa_transport_ops_t *ops, void *transport, void *conn)
 {
     if (s->ops && s->conn != conn)
-        add_wake(s->hub, s->ops, s->transport, s->conn, s);   /* the superseded connection finds out */
+        hub_add_wake(s->hub, s->ops, s->transport, s->conn, s);   /* the superseded connection finds out */
     s->ops = ops;
     s->transport = transport;
     s->conn = conn;
@@ -344,23 +320,30 @@ static void attach_locked(stoa_session_t *s, const stoa_transport_ops_t *ops, vo
         schedule_wake(s);
 }
 
-static void close_locked(stoa_session_t *s, stoa_left_reason_t reason)
+void hub_close_locked(stoa_session_t *s, stoa_left_reason_t reason)
 {
     stoa_hub_t *hub = s->hub;
     membership_t *m, *tmp;
     if (!s->open)
         return;
     HASH_ITER(hh_sess, s->rooms, m, tmp)
-        remove_membership(hub, m, reason);
+        hub_remove_membership(hub, m, reason);
+    if (!s->origin) {
+        json_object *ev = json_object_new_object();
+        json_object_object_add(ev, "t", json_object_new_string("close"));
+        json_object_object_add(ev, "p", json_object_new_string(s->peer));
+        hub_emit(hub, ev);
+    }
     if (s->ops)
-        add_wake(hub, s->ops, s->transport, s->conn, s);   /* its connection finds the session gone */
+        hub_add_wake(hub, s->ops, s->transport, s->conn, s);   /* its connection finds the session gone */
     s->open = false;
     s->ops = NULL;
     s->transport = NULL;
     s->conn = NULL;
-    drop_buffer(s);
+    hub_drop_buffer(s);
     HASH_DEL(hub->sessions, s);
-    HASH_DELETE(hh_id, hub->by_id, s);
+    if (!s->origin)
+        HASH_DELETE(hh_id, hub->by_id, s);
     STOA_DEBUG("peer %s closed (%s)", s->peer, stoa_left_reason_name(reason));
     stoa_session_unref(s);   /* the hub's reference; the caller still holds one */
 }
@@ -387,17 +370,20 @@ void stoa_hub_free(stoa_hub_t *hub)
     if (!hub)
         return;
     hub_lock(hub);
+    hub->bus_ops = NULL;   /* the bus is stopped first: tell it nothing more */
+    hub->bus = NULL;
     /* Detach every transport first: closing one session tells the others,
      * which must not wake transports that are gone. */
     HASH_ITER(hh, hub->sessions, s, tmp)
         s->ops = NULL;
     HASH_ITER(hh, hub->sessions, s, tmp) {
         stoa_session_ref(s);
-        close_locked(s, STOA_LEFT_DISCONNECT);
+        hub_close_locked(s, STOA_LEFT_DISCONNECT);
         stoa_session_unref(s);
     }
     hub_unlock(hub);
     json_object_put(hub->limits);
+    free(hub->instance);
     pthread_mutex_destroy(&hub->lock);
     free(hub);
 }
@@ -419,10 +405,11 @@ stoa_session_t *stoa_hub_open(stoa_hub_t *hub, stoa_identity_t *ident, const sto
     stoa_bucket_init(&s->ephemeral_bucket, cfg->ephemeral_per_min / 60.0, cfg->ephemeral_burst, now);
     stoa_bucket_init(&s->join_bucket, cfg->join_rate, cfg->join_burst, now);
     stoa_random_id(s->id, STOA_SESSION_ID_LEN);   /* 165 bits: a bearer secret */
+    stoa_digest_hex(s->id, STOA_SESSION_ID_LEN, s->sidh, STOA_HUB_SIDH_LEN);
 
     hub_lock(hub);
     do {   /* 36^12 ids: a collision is unlikely, but cheap to rule out */
-        stoa_random_id(s->peer, PEER_ID_LEN);
+        stoa_random_id(s->peer, STOA_PEER_ID_LEN);
         HASH_FIND_STR(hub->sessions, s->peer, dup);
     } while (dup);
     HASH_ADD_STR(hub->sessions, peer, s);
@@ -430,6 +417,7 @@ stoa_session_t *stoa_hub_open(stoa_hub_t *hub, stoa_identity_t *ident, const sto
     attach_locked(s, ops, transport, conn);
     if (welcome_out)
         *welcome_out = welcome(s, false);
+    hub_emit(hub, hub_session_record(s));
     hub_unlock(hub);
     STOA_DEBUG("peer %s opened over %s (user %s)", s->peer, ops ? ops->name : "nothing yet", ident->sub);
     /* The identity's own rooms (user:{sub}, group:{id}): joined like any
@@ -467,9 +455,9 @@ stoa_err_t stoa_hub_attach(stoa_session_t *s, const stoa_transport_ops_t *ops, v
     }
     if (has_last_seq) {
         if (last_seq > s->cursor)
-            resync(s, "unknown_seq");      /* the client claims what it was never sent */
+            hub_resync(s, "unknown_seq");      /* the client claims what it was never sent */
         else if (last_seq < floor_seq(s))
-            resync(s, "gap");              /* what it missed is no longer buffered */
+            hub_resync(s, "gap");              /* what it missed is no longer buffered */
         else {
             s->cursor = last_seq;
             while (s->len > 0 && entry_at(s, 0)->seq <= last_seq)
@@ -478,7 +466,7 @@ stoa_err_t stoa_hub_attach(stoa_session_t *s, const stoa_transport_ops_t *ops, v
     } else if (s->cursor < floor_seq(s)) {
         /* The buffer overflowed while detached: resync now, so that the
          * welcome's seq is the one before the next message. */
-        resync(s, "gap");
+        hub_resync(s, "gap");
     }
     attach_locked(s, ops, transport, conn);
     if (welcome_out)
@@ -497,7 +485,7 @@ void stoa_hub_detach(stoa_session_t *s, void *conn, bool end)
         s->ops = NULL;
         s->transport = s->conn = NULL;
         if (end)
-            close_locked(s, STOA_LEFT_DISCONNECT);
+            hub_close_locked(s, STOA_LEFT_DISCONNECT);
         else
             attach_locked(s, NULL, NULL, NULL);
     }
@@ -507,7 +495,7 @@ void stoa_hub_detach(stoa_session_t *s, void *conn, bool end)
 void stoa_hub_close(stoa_session_t *s, stoa_left_reason_t reason)
 {
     hub_lock(s->hub);
-    close_locked(s, reason);
+    hub_close_locked(s, reason);
     hub_unlock(s->hub);
 }
 
@@ -523,7 +511,8 @@ void stoa_session_unref(stoa_session_t *s)
         return;
     /* Last reference: the session is closed (the hub held one until then),
      * so nothing else can reach these fields. */
-    drop_buffer(s);
+    hub_drop_buffer(s);
+    free(s->origin);
     json_object_put(s->user);
     stoa_identity_free(s->ident);
     free(s);
@@ -564,7 +553,7 @@ stoa_msg_t *stoa_session_next(stoa_session_t *s, void *conn, uint64_t *seq, bool
         *gone = !s->open || !s->ops || s->conn != conn;
     if (s->open && s->ops && s->conn == conn) {
         if (s->cursor < floor_seq(s))
-            resync(s, "gap");   /* this connection fell behind the buffer */
+            hub_resync(s, "gap");   /* this connection fell behind the buffer */
         if (s->cursor + 1 < s->next_seq) {
             entry_t *e = entry_at(s, (size_t)(s->cursor + 1 - entry_at(s, 0)->seq));
             msg = stoa_msg_ref(e->msg);
@@ -641,8 +630,7 @@ stoa_err_t stoa_hub_join(stoa_session_t *s, const char *room_name, json_object *
     stoa_err_t err = STOA_OK;
     room_t *room;
     membership_t *m;
-    json_object *peers;
-    stoa_msg_t *joined;
+    json_object *peers, *ev;
 
     if (!stoa_room_valid(room_name, (size_t)cfg->max_room_name_bytes, &reason)) {
         snprintf(why, whylen, "%s", reason);
@@ -660,7 +648,7 @@ stoa_err_t stoa_hub_join(stoa_session_t *s, const char *room_name, json_object *
         FAIL(STOA_ERR_PERMISSION_DENIED, "the session is closed");
     if (!(stoa_perms_rights(s->ident->perms, room_name) & STOA_RIGHT_READ))
         FAIL(STOA_ERR_PERMISSION_DENIED, "no read permission on %s", room_name);
-    if (find_membership(s, room_name))
+    if (hub_find_membership(s, room_name))
         FAIL(STOA_ERR_ALREADY_JOINED, "already in %s", room_name);
     if (HASH_CNT(hh_sess, s->rooms) >= (unsigned)cfg->max_rooms_per_conn)
         FAIL(STOA_ERR_TOO_MANY_ROOMS, "already in %d rooms, the limit", cfg->max_rooms_per_conn);
@@ -669,25 +657,17 @@ stoa_err_t stoa_hub_join(stoa_session_t *s, const char *room_name, json_object *
         FAIL(STOA_ERR_ROOM_FULL, "%s holds %d peers, the limit", room_name, cfg->max_peers_per_room);
     if (!stoa_bucket_take(&s->join_bucket, stoa_now_ms()))
         FAIL(STOA_ERR_RATE_LIMITED, "more than %g joins and leaves a second", cfg->join_rate);
-    if (!room) {
-        room = stoa_xcalloc(1, sizeof *room);
-        room->name = stoa_xstrdup(room_name);
-        HASH_ADD_KEYPTR(hh, hub->rooms, room->name, strlen(room->name), room);
-    }
-    m = stoa_xcalloc(1, sizeof *m);
-    m->room = room;
-    m->sess = s;
-    m->state = state ? stoa_presence_merge(NULL, state) : json_object_new_object();
-    m->last_seen_ms = stoa_now_ms();
-    HASH_ADD_KEYPTR(hh_room, room->members, s->peer, strlen(s->peer), m);
-    HASH_ADD_KEYPTR(hh_sess, s->rooms, room->name, strlen(room->name), m);
-
-    peers = room_peers(room);
+    m = hub_add_membership(hub, s, room_name, state ? stoa_presence_merge(NULL, state) : json_object_new_object());
+    room = m->room;
+    peers = hub_room_peers(room);
     enqueue_owned(s, stoa_wire_room_state(room->name, peers, id));
     json_object_put(peers);
-    joined = stoa_wire_peer_joined(room->name, s->peer, s->user, m->state);
-    broadcast(room, s, joined);
-    stoa_msg_unref(joined);
+    ev = json_object_new_object();
+    json_object_object_add(ev, "t", json_object_new_string("join"));
+    json_object_object_add(ev, "p", json_object_new_string(s->peer));
+    json_object_object_add(ev, "room", json_object_new_string(room->name));
+    json_object_object_add(ev, "state", json_object_get(m->state));
+    hub_emit(hub, ev);
     STOA_DEBUG("peer %s joined %s", s->peer, room->name);
 out:
     hub_unlock(hub);
@@ -698,7 +678,7 @@ out:
 static stoa_err_t member_of(stoa_session_t *s, const char *room_name, membership_t **out, char *why,
                             size_t whylen)
 {
-    *out = find_membership(s, room_name);
+    *out = hub_find_membership(s, room_name);
     if (*out)
         return STOA_OK;
     if (!stoa_room_valid(room_name, (size_t)s->hub->cfg->max_room_name_bytes, NULL)) {
@@ -721,7 +701,7 @@ stoa_err_t stoa_hub_leave(stoa_session_t *s, const char *room_name, json_object 
         goto out;
     if (!stoa_bucket_take(&s->join_bucket, stoa_now_ms()))
         FAIL(STOA_ERR_RATE_LIMITED, "more than %g joins and leaves a second", hub->cfg->join_rate);
-    remove_membership(hub, m, STOA_LEFT_LEAVE);
+    hub_remove_membership(hub, m, STOA_LEFT_LEAVE);
     ack(s, id);
 out:
     hub_unlock(hub);
@@ -734,8 +714,7 @@ stoa_err_t stoa_hub_presence(stoa_session_t *s, const char *room_name, json_obje
     stoa_hub_t *hub = s->hub;
     const stoa_config_t *cfg = hub->cfg;
     membership_t *m;
-    json_object *next = NULL;
-    stoa_msg_t *msg;
+    json_object *next = NULL, *ev;
     stoa_err_t err;
     size_t size;
 
@@ -755,12 +734,14 @@ stoa_err_t stoa_hub_presence(stoa_session_t *s, const char *room_name, json_obje
     if (size > (size_t)cfg->max_state_bytes)
         FAIL(STOA_ERR_STATE_TOO_LARGE, "presence state would be %zu bytes; the limit is %d", size,
              cfg->max_state_bytes);
-    json_object_put(m->state);
-    m->state = next;
+    hub_set_state(m, next);
     next = NULL;
-    msg = stoa_wire_presence(m->room->name, s->peer, m->state);
-    broadcast(m->room, s, msg);
-    stoa_msg_unref(msg);
+    ev = json_object_new_object();
+    json_object_object_add(ev, "t", json_object_new_string("pres"));
+    json_object_object_add(ev, "p", json_object_new_string(s->peer));
+    json_object_object_add(ev, "room", json_object_new_string(room_name));
+    json_object_object_add(ev, "state", json_object_get(m->state));
+    hub_emit(hub, ev);
     ack(s, id);
 out:
     json_object_put(next);
@@ -788,6 +769,7 @@ stoa_err_t stoa_hub_ephemeral(stoa_session_t *s, const char *room_name, json_obj
     stoa_hub_t *hub = s->hub;
     membership_t *m;
     stoa_msg_t *msg;
+    json_object *ev;
     stoa_err_t err;
 
     hub_lock(hub);
@@ -798,8 +780,14 @@ stoa_err_t stoa_hub_ephemeral(stoa_session_t *s, const char *room_name, json_obj
     if (!stoa_bucket_take(&s->ephemeral_bucket, m->last_seen_ms))
         FAIL(STOA_ERR_RATE_LIMITED, "more than %g ephemeral messages a minute", hub->cfg->ephemeral_per_min);
     msg = stoa_wire_ephemeral(m->room->name, s->peer, s->user, data);
-    broadcast(m->room, s, msg);
+    hub_broadcast(m->room, s, msg);
     stoa_msg_unref(msg);
+    ev = json_object_new_object();
+    json_object_object_add(ev, "t", json_object_new_string("eph"));
+    json_object_object_add(ev, "p", json_object_new_string(s->peer));
+    json_object_object_add(ev, "room", json_object_new_string(room_name));
+    json_object_object_add(ev, "data", json_object_get(data));
+    hub_emit(hub, ev);
     ack(s, id);
 out:
     hub_unlock(hub);
@@ -817,20 +805,22 @@ void stoa_hub_tick(stoa_hub_t *hub, int64_t now_ms)
     hub_lock(hub);
     HASH_ITER(hh, hub->rooms, room, rtmp) {
         HASH_ITER(hh_room, room->members, m, mtmp) {
-            if (now_ms - m->last_seen_ms > limit) {
+            if (!m->sess->origin && now_ms - m->last_seen_ms > limit) {
                 STOA_INFO("peer %s evicted from %s after %lld ms without a heartbeat", m->sess->peer,
                           room->name, (long long)(now_ms - m->last_seen_ms));
                 /* Frees room with its last member; HASH_ITER has already
                  * read the next pointers, so both loops stay valid. */
-                remove_membership(hub, m, STOA_LEFT_TIMEOUT);
+                hub_remove_membership(hub, m, STOA_LEFT_TIMEOUT);
             }
         }
     }
     HASH_ITER(hh, hub->sessions, s, stmp) {
+        if (s->origin)
+            continue;   /* its own instance looks after it */
         if (!s->ops && now_ms - s->detached_at_ms > cfg->session_grace_ms) {
             STOA_INFO("peer %s: no connection for %lld ms: closing its session", s->peer,
                       (long long)(now_ms - s->detached_at_ms));
-            close_locked(s, STOA_LEFT_DISCONNECT);
+            hub_close_locked(s, STOA_LEFT_DISCONNECT);
         } else {
             trim(s, now_ms, UINT64_MAX);
         }
@@ -845,7 +835,7 @@ char *stoa_hub_room_json(stoa_hub_t *hub, const char *room_name)
     char *text;
     hub_lock(hub);
     HASH_FIND_STR(hub->rooms, room_name, room);
-    peers = room_peers(room);
+    peers = hub_room_peers(room);
     json_object_object_add(o, "room", json_object_new_string(room_name));
     json_object_object_add(o, "peers", peers);
     text = stoa_xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
@@ -860,6 +850,7 @@ stoa_err_t stoa_hub_publish(stoa_hub_t *hub, const char *room_name, json_object 
     const char *reason;
     room_t *room;
     stoa_msg_t *msg;
+    json_object *ev;
     if (!stoa_room_valid(room_name, (size_t)hub->cfg->max_room_name_bytes, &reason)) {
         snprintf(why, whylen, "%s", reason);
         return STOA_ERR_BAD_ROOM;
@@ -869,10 +860,15 @@ stoa_err_t stoa_hub_publish(stoa_hub_t *hub, const char *room_name, json_object 
     HASH_FIND_STR(hub->rooms, room_name, room);
     if (room) {
         msg = stoa_wire_server_message(room_name, data);
-        broadcast(room, NULL, msg);
+        hub_broadcast(room, NULL, msg);
         stoa_msg_unref(msg);
         *delivered = HASH_CNT(hh_room, room->members);
     }
+    ev = json_object_new_object();   /* every instance delivers to its own members */
+    json_object_object_add(ev, "t", json_object_new_string("pub"));
+    json_object_object_add(ev, "room", json_object_new_string(room_name));
+    json_object_object_add(ev, "data", json_object_get(data));
+    hub_emit(hub, ev);
     hub_unlock(hub);
     return STOA_OK;
 }
@@ -885,8 +881,16 @@ stoa_err_t stoa_hub_kick(stoa_hub_t *hub, const char *room_name, const char *pee
     HASH_FIND_STR(hub->rooms, room_name, room);
     if (room)
         HASH_FIND(hh_room, room->members, peer, strlen(peer), m);
-    if (m)
-        remove_membership(hub, m, STOA_LEFT_KICKED);
+    if (m && m->sess->origin) {   /* connected elsewhere: its instance removes it */
+        json_object *ev = json_object_new_object();
+        json_object_object_add(ev, "t", json_object_new_string("kick"));
+        json_object_object_add(ev, "to", json_object_new_string(m->sess->origin));
+        json_object_object_add(ev, "p", json_object_new_string(peer));
+        json_object_object_add(ev, "room", json_object_new_string(room_name));
+        hub_emit(hub, ev);
+    } else if (m) {
+        hub_remove_membership(hub, m, STOA_LEFT_KICKED);
+    }
     hub_unlock(hub);
     if (!m) {
         snprintf(why, whylen, "peer %.40s is not in %.200s", peer, room_name);
@@ -912,11 +916,17 @@ json_object *stoa_hub_rooms(stoa_hub_t *hub)
 void stoa_hub_notice(stoa_hub_t *hub, const char *level, const char *message)
 {
     stoa_msg_t *msg;
+    json_object *ev;
     hub_lock(hub);
     msg = stoa_wire_notice(level, message);
     for (stoa_session_t *s = hub->sessions; s; s = s->hh.next)
-        enqueue(s, msg);
+        hub_enqueue(s, msg);
     stoa_msg_unref(msg);
+    ev = json_object_new_object();
+    json_object_object_add(ev, "t", json_object_new_string("notice"));
+    json_object_object_add(ev, "level", json_object_new_string(level));
+    json_object_object_add(ev, "message", json_object_new_string(message));
+    hub_emit(hub, ev);
     hub_unlock(hub);
 }
 
@@ -935,6 +945,8 @@ char *stoa_hub_session_json(stoa_session_t *s)
     json_object_object_add(o, "seq", json_object_new_int64((int64_t)(s->next_seq - 1)));
     json_object_object_add(o, "delivered", json_object_new_int64((int64_t)s->cursor));
     json_object_object_add(o, "buffered", json_object_new_int64((int64_t)s->len));
+    if (s->hub->instance)
+        json_object_object_add(o, "instance", json_object_new_string(s->hub->instance));
     text = stoa_xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
     json_object_put(o);
     hub_unlock(s->hub);
@@ -947,6 +959,8 @@ json_object *stoa_hub_transport_counts(stoa_hub_t *hub)
     hub_lock(hub);
     for (stoa_session_t *s = hub->sessions; s; s = s->hh.next) {
         const char *name = s->ops ? s->ops->name : "none";
+        if (s->origin)
+            continue;
         json_object *n = NULL;
         int64_t count = json_object_object_get_ex(o, name, &n) ? json_object_get_int64(n) : 0;
         json_object_object_add(o, name, json_object_new_int64(count + 1));
@@ -958,7 +972,9 @@ json_object *stoa_hub_transport_counts(stoa_hub_t *hub)
 void stoa_hub_stats(stoa_hub_t *hub, size_t *sessions, size_t *rooms)
 {
     hub_lock(hub);
-    *sessions = HASH_COUNT(hub->sessions);
+    *sessions = 0;
+    for (stoa_session_t *s = hub->sessions; s; s = s->hh.next)
+        *sessions += !s->origin;
     *rooms = HASH_COUNT(hub->rooms);
     hub_unlock(hub);
 }

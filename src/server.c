@@ -8,6 +8,7 @@
 #include "stoa/server.h"
 #include "stoa/acceptor.h"
 #include "stoa/auth.h"
+#include "stoa/bus.h"
 #include "stoa/db.h"
 #include "stoa/http.h"
 #include "stoa/hub.h"
@@ -59,6 +60,7 @@ int stoa_server_run(const stoa_config_t *cfg)
     stoa_db_t *db = NULL;
     stoa_hub_t *hub = NULL;
     stoa_outbox_t *outbox = NULL;
+    stoa_bus_t *bus = NULL;
     stoa_store_t *store = NULL;
     stoa_http_t *http = NULL;
     stoa_ws_t *ws = NULL;
@@ -90,11 +92,20 @@ int stoa_server_run(const stoa_config_t *cfg)
     if (!(store = stoa_store_open(cfg, err, sizeof err)))
         goto fail;
     hub = stoa_hub_new(cfg);
+    /* The bus to the other instances: its own thread, on the connection
+     * the start-up checks opened. */
+    if (db) {
+        bus = stoa_bus_start(cfg, hub, db, err, sizeof err);
+        db = NULL;
+        if (!bus)
+            goto fail;
+    }
     /* Rows applications queue with stoa_publish: its own thread and connection. */
     if (cfg->database_url[0] && !(outbox = stoa_outbox_start(cfg, hub, err, sizeof err)))
         goto fail;
     if (!(http = stoa_http_new(cfg, hub, auth, store, err, sizeof err)))
         goto fail;
+    stoa_http_set_bus(http, bus);
     if (!(ws = stoa_ws_new(cfg, hub, auth, err, sizeof err)))
         goto fail;
     if (!(acc = stoa_acceptor_new(cfg, http_handoff, http, ws_handoff, ws, err, sizeof err)))
@@ -135,6 +146,7 @@ out:
     stoa_ws_free(ws);
     stoa_http_free(http);
     stoa_store_close(store);
+    stoa_bus_stop(bus);   /* sends the transports' last leaves, then "bye" */
     stoa_hub_free(hub);
     stoa_auth_free(auth);
     stoa_db_close(db);

@@ -65,12 +65,63 @@ enum MHD_Result stoa_sessions_create(call_t *c)
     return stoa_http_send_json(c, MHD_HTTP_CREATED, o);
 }
 
+/* A request for a session this instance does not hold, which may live on
+ * another one: GET answers from what the bus says of it, POST messages
+ * and DELETE are forwarded to it (neither moves the session: only a
+ * transport attaching does). Returns true when answered. The id is the
+ * credential; a token, if sent, is checked by the instance holding it
+ * when the session moves. */
+static bool elsewhere(call_t *c, json_object *msgs, bool end, enum MHD_Result *answered)
+{
+    stoa_hub_t *hub = c->http->hub;
+    char *text;
+    size_t n;
+    json_object *o;
+
+    if (!c->http->bus)
+        return false;
+    if (!msgs && !end) {
+        if (!(text = stoa_hub_remote_session_json(hub, c->arg)))
+            return false;
+        *answered = stoa_http_send_text(c, MHD_HTTP_OK, "application/json", text, strlen(text), NULL, NULL);
+        free(text);
+        return true;
+    }
+    if (!stoa_hub_forward(hub, c->arg, msgs, end))
+        return false;
+    if (end) {
+        *answered = stoa_http_send_text(c, MHD_HTTP_NO_CONTENT, "application/json", "", 0, NULL, NULL);
+        return true;
+    }
+    n = json_object_is_type(msgs, json_type_array) ? json_object_array_length(msgs) : 1;
+    o = json_object_new_object();
+    json_object_object_add(o, "accepted", json_object_new_int64((int64_t)n));
+    json_object_object_add(o, "errors", json_object_new_array());
+    json_object_object_add(o, "forwarded", json_object_new_boolean(true));
+    *answered = stoa_http_send_json(c, MHD_HTTP_ACCEPTED, o);
+    return true;
+}
+
+/* elsewhere() only when this instance does not hold the session. */
+static bool elsewhere_first(call_t *c, json_object *msgs, bool end, enum MHD_Result *answered)
+{
+    stoa_session_t *sess = stoa_hub_find(c->http->hub, c->arg);
+    if (sess) {
+        stoa_session_unref(sess);
+        return false;
+    }
+    return elsewhere(c, msgs, end, answered);
+}
+
 /* GET /v1/sessions/{id}: the session as the server sees it. */
 enum MHD_Result stoa_sessions_get(call_t *c)
 {
     enum MHD_Result answered;
-    stoa_session_t *sess = stoa_http_session(c, &answered);
+    stoa_session_t *sess;
     char *text;
+    if (elsewhere_first(c, NULL, false, &answered))
+        return answered;
+    sess = stoa_http_session(c, &answered);
     if (!sess)
         return answered;
     text = stoa_hub_session_json(sess);
@@ -84,7 +135,10 @@ enum MHD_Result stoa_sessions_get(call_t *c)
 enum MHD_Result stoa_sessions_delete(call_t *c)
 {
     enum MHD_Result answered;
-    stoa_session_t *sess = stoa_http_session(c, &answered);
+    stoa_session_t *sess;
+    if (elsewhere_first(c, NULL, true, &answered))
+        return answered;
+    sess = stoa_http_session(c, &answered);
     if (!sess)
         return answered;
     stoa_hub_close(sess, STOA_LEFT_LEAVE);
@@ -116,6 +170,10 @@ enum MHD_Result stoa_sessions_post_messages(call_t *c)
         json_object_put(body);
         return STOA_HTTP_ERROR(c, STOA_ERR_MESSAGE_TOO_LARGE, "%zu messages in one batch; the limit is %d", n,
                                BATCH_MAX);
+    }
+    if (elsewhere_first(c, body, false, &answered)) {
+        json_object_put(body);
+        return answered;
     }
     sess = stoa_http_session(c, &answered);
     if (!sess) {

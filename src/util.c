@@ -2,6 +2,7 @@
 #include "stoa/util.h"
 
 #include <errno.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,4 +125,18 @@ const char *stoa_list_next(const char **cursor, size_t *len)
         n--;
     *len = n;
     return item;
+}
+
+void stoa_digest_hex(const void *data, size_t len, char *out, size_t hexlen)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    if (!EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL))
+        abort();   /* SHA-256 is always there; failing means libcrypto is broken */
+    for (size_t i = 0; i < hexlen / 2 && i < mdlen; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[hexlen] = '\0';
 }

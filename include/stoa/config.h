@@ -76,6 +76,11 @@ typedef struct stoa_config {
     /* outbox (stoa_publish) */
     int outbox_batch;
     int outbox_poll_ms;
+    /* the bus between instances */
+    int bus_heartbeat_ms;
+    int bus_dead_ms;
+    int bus_queue_bytes;
+    int bus_payload_keep_s;
 } stoa_config_t;
 
 /* A new configuration holding the defaults. The caller owns it and frees

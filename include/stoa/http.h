@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 
 #include "stoa/auth.h"
+#include "stoa/bus.h"
 #include "stoa/config.h"
 #include "stoa/hub.h"
 #include "stoa/store.h"
@@ -22,6 +23,9 @@ typedef struct stoa_http stoa_http_t;
  * store are borrowed and must outlive it. NULL with err on failure. */
 stoa_http_t *stoa_http_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa_auth_t *auth,
                            stoa_store_t *store, char *err, size_t errlen);
+/* With a database: the bus whose status /healthz reports (borrowed; set
+ * before serving, and it must outlive the daemon). */
+void stoa_http_set_bus(stoa_http_t *http, stoa_bus_t *bus);
 /* Hand over an accepted socket (ownership passes; closed on failure). */
 void stoa_http_add(stoa_http_t *http, int fd, const struct sockaddr *addr, socklen_t addrlen);
 /* Resume parked streams and polls whose deadline passed (heartbeats,

@@ -34,6 +34,9 @@
 #include "stoa/msg.h"
 
 #define STOA_SESSION_ID_LEN 32
+/* Hex characters of a session id's digest (SHA-256, first 16 bytes): what
+ * the bus carries instead of the secret id. */
+#define STOA_HUB_SIDH_LEN 32
 
 typedef struct stoa_hub stoa_hub_t;
 typedef struct stoa_session stoa_session_t;
@@ -168,7 +171,72 @@ char *stoa_hub_session_json(stoa_session_t *sess);
  * JSON object owned by the caller. */
 json_object *stoa_hub_transport_counts(stoa_hub_t *hub);
 
-/* Sessions open and rooms with at least one peer. */
+/* Local sessions open and rooms with at least one peer (local or remote). */
 void stoa_hub_stats(stoa_hub_t *hub, size_t *sessions, size_t *rooms);
+
+/* ---- Many instances as one (hub_remote.c; the bus is bus.c) ----
+ *
+ * With a bus, every local change (a session opening, closing or moving,
+ * a join, leave, presence change, ephemeral message, publish, notice or
+ * kick) is encoded as one JSON event and appended to the bus's queue under
+ * the hub lock, so the bus sends them in the order they happened. Events
+ * from other instances come back through stoa_hub_remote_apply: their
+ * sessions become *remote* sessions in the same rooms, so room_state,
+ * presence reads and room counts include every instance's peers, and
+ * local members are told of remote joins, changes and leaves as of local
+ * ones. Nothing is ever queued for a remote session: its own instance
+ * delivers to it. docs/architecture.md describes the events. */
+typedef struct stoa_hub_bus_ops {
+    /* Append one encoded event (len bytes of JSON text, copied) to the
+     * outbound queue. Called with the hub lock held: it must only copy. */
+    void (*emit)(void *bus, const char *event, size_t len);
+    /* Events were appended: wake the bus thread. Called after the hub
+     * lock is released. */
+    void (*kick)(void *bus);
+} stoa_hub_bus_ops_t;
+
+/* Connect the hub to a bus (both borrowed; NULL ops disconnects).
+ * instance is this instance's id, copied. Call before serving, or with
+ * NULL after the serving threads have stopped. */
+void stoa_hub_set_bus(stoa_hub_t *hub, const stoa_hub_bus_ops_t *ops, void *bus, const char *instance);
+/* Apply a batch of events (a JSON array, ownership taken) from the
+ * instance origin. Returns true when an event named a session this hub
+ * does not know from origin: events were missed, and the caller should
+ * ask origin for a snapshot (a "sync" event, stoa_hub_bus_sync).
+ * Client messages forwarded to this instance ({"t":"fwd"} events) cannot
+ * be handled under the hub lock: *forwarded receives them as a new array
+ * owned by the caller (NULL when none), to pass to stoa_hub_forwarded. */
+bool stoa_hub_remote_apply(stoa_hub_t *hub, const char *origin, json_object *events, json_object **forwarded);
+/* The instance origin is gone (dead or stopped): its peers leave every
+ * room with reason "disconnect". */
+void stoa_hub_remote_drop(stoa_hub_t *hub, const char *origin);
+/* Queue a snapshot of every local session ({"t":"snap"}) on the bus,
+ * in order with the other events. */
+void stoa_hub_bus_snapshot(stoa_hub_t *hub);
+/* Queue a request for a snapshot from instance `to` ("*": every
+ * instance). */
+void stoa_hub_bus_sync(stoa_hub_t *hub, const char *to);
+/* Move here the session with this secret id, which lives on another
+ * instance (a request for it landed on this one): it becomes local, with
+ * its rooms and presence as the bus last described them; its numbering
+ * continues after last_seq (when has_last_seq), and what the other
+ * instance had buffered is replaced by a `resync` (reason "moved") and a
+ * room_state per room. The other instances are told, and the old one lets
+ * its connection go. Returns a reference owned by the caller, or NULL
+ * when no instance is known to hold such a session. */
+/* Requests for a session that lives on another instance which need not
+ * move it: POST .../messages forwards the client messages (a JSON object
+ * or array, borrowed) to its instance, DELETE (end) ends it there. Returns
+ * false when no instance is known to hold a session with this id. */
+bool stoa_hub_forward(stoa_hub_t *hub, const char *session_id, json_object *msgs, bool end);
+/* Handle a forwarded event (from stoa_hub_remote_apply's *forwarded) for
+ * the local session it names, as if its client had sent it: errors go
+ * out on the session. No-op when the session is not here (any more). */
+void stoa_hub_forwarded(stoa_hub_t *hub, json_object *fwd);
+/* The session as GET /v1/sessions/{id} describes it, when it lives on
+ * another instance ("transport": null, "instance": where it is): JSON text
+ * owned by the caller, or NULL when unknown. */
+char *stoa_hub_remote_session_json(stoa_hub_t *hub, const char *session_id);
+stoa_session_t *stoa_hub_adopt(stoa_hub_t *hub, const char *session_id, bool has_last_seq, uint64_t last_seq);
 
 #endif

@@ -29,6 +29,9 @@ void stoa_random_bytes(void *buf, size_t n);
 void stoa_random_id(char *out, size_t chars);
 /* Uniform random number in [0, bound). */
 uint32_t stoa_random_below(uint32_t bound);
+/* The first hexlen/2 bytes of SHA-256(data) (libcrypto) as lowercase hex
+ * in out (hexlen + 1 bytes, NUL-terminated); hexlen <= 64, even. */
+void stoa_digest_hex(const void *data, size_t len, char *out, size_t hexlen);
 
 /* Walk a comma-separated list: the next item (spaces around it trimmed,
  * possibly empty) with its length in *len, advancing *cursor; NULL when

@@ -1,0 +1,141 @@
+/* hub_internal.h - the hub's data structures, shared by hub.c (rooms,
+ * sessions, local operations) and hub_remote.c (the cross-instance side).
+ * Not a public header: nothing outside those two files includes it.
+ *
+ * Everything here is guarded by stoa_hub.lock (hub_lock/hub_unlock) unless
+ * a comment says otherwise.
+ */
+#ifndef STOA_HUB_INTERNAL_H
+#define STOA_HUB_INTERNAL_H
+
+#include "stoa/hub.h"
+#include "stoa/ratelimit.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <uthash.h>
+
+#define STOA_PEER_ID_LEN 12
+
+typedef struct room room_t;
+typedef struct membership membership_t;
+
+struct membership {
+    room_t *room;
+    stoa_session_t *sess;
+    json_object *state;          /* always an object */
+    int64_t last_seen_ms;
+    UT_hash_handle hh_room;      /* in room->members, keyed by sess->peer */
+    UT_hash_handle hh_sess;      /* in sess->rooms, keyed by room->name */
+};
+
+struct room {
+    char *name;
+    membership_t *members;
+    UT_hash_handle hh;
+};
+
+/* One numbered message in a session's buffer. */
+typedef struct entry {
+    uint64_t seq;
+    stoa_msg_t *msg;
+    int64_t at_ms;
+} entry_t;
+
+struct stoa_session {
+    atomic_uint refs;
+    stoa_hub_t *hub;
+    char peer[STOA_PEER_ID_LEN + 1];
+    char id[STOA_SESSION_ID_LEN + 1];
+    stoa_identity_t *ident;      /* immutable once open (a remote session's comes from its record) */
+    char sidh[STOA_HUB_SIDH_LEN + 1];   /* hex digest of id: how other instances find it to move it */
+    /* Everything below is guarded by hub->lock. */
+    json_object *user;           /* {"id","name","color","anonymous"} */
+    const stoa_transport_ops_t *ops;   /* NULL: detached */
+    void *transport;
+    void *conn;
+    int64_t detached_at_ms;
+    bool open;
+    /* Cross-instance (hub_remote.c). A remote session is one connected to
+     * another instance, known from the bus: origin is that instance's id,
+     * it has members but no id, buffer or transport, and nothing is ever
+     * queued for it. A local session has origin NULL. gen counts moves
+     * between instances: a record with a lower gen is stale. */
+    char *origin;
+    uint64_t gen;
+    unsigned mark;               /* snapshot epoch that last listed it */
+    bool wake_queued;
+    entry_t *ring;               /* seqs ring[head].seq ... next_seq - 1, consecutive */
+    size_t cap, head, len, bytes;
+    uint64_t next_seq;           /* the seq the next message gets */
+    uint64_t cursor;             /* last seq handed to the attached connection */
+    uint64_t resync_from, resync_to;   /* the latest resync block, kept until read */
+    membership_t *rooms;
+    stoa_bucket_t presence_bucket, ephemeral_bucket, join_bucket;
+    UT_hash_handle hh;           /* in hub->sessions, keyed by peer */
+    UT_hash_handle hh_id;        /* in hub->by_id, keyed by id */
+};
+
+/* A wakeup collected under the lock, delivered after it. */
+typedef struct wake {
+    const stoa_transport_ops_t *ops;
+    void *transport;
+    void *conn;
+    stoa_session_t *sess;        /* a reference */
+} wake_t;
+
+struct stoa_hub {
+    pthread_mutex_t lock;
+    const stoa_config_t *cfg;
+    room_t *rooms;
+    stoa_session_t *sessions;
+    stoa_session_t *by_id;
+    wake_t *wakes;
+    size_t nwakes, capwakes;
+    json_object *limits;
+    /* The bus (NULL without a database). Events are appended to its queue
+     * under the lock, in the order they happen; bus_kick is set when the
+     * bus needs waking after the lock is released. */
+    const stoa_hub_bus_ops_t *bus_ops;
+    void *bus;
+    char *instance;              /* this instance's id on the bus */
+    bool bus_kick;
+    unsigned snap_epoch;
+};
+
+/* Lock the hub; unlock it and then deliver the wakeups (and the bus kick)
+ * collected meanwhile. */
+void hub_lock(stoa_hub_t *hub);
+void hub_unlock(stoa_hub_t *hub);
+/* Queue msg (a reference taken) for a local session; no-op for a remote
+ * or closed one. */
+void hub_enqueue(stoa_session_t *s, stoa_msg_t *msg);
+/* Queue msg for every local member of room but except. */
+void hub_broadcast(room_t *room, stoa_session_t *except, stoa_msg_t *msg);
+/* [{"peer","user","state"}...] of room (NULL: none), a new array. */
+json_object *hub_room_peers(room_t *room);
+membership_t *hub_find_membership(stoa_session_t *s, const char *room);
+/* Add s to room_name (created if needed) with state (ownership taken),
+ * telling the room's other local members (peer_joined). */
+membership_t *hub_add_membership(stoa_hub_t *hub, stoa_session_t *s, const char *room_name, json_object *state);
+/* Remove a membership and tell the room; a local session's removal goes
+ * on the bus too. Frees the room with its last member. */
+void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t reason);
+/* Replace a member's state (ownership taken) and tell the room's other
+ * local members (presence). */
+void hub_set_state(membership_t *m, json_object *state);
+void hub_close_locked(stoa_session_t *s, stoa_left_reason_t reason);
+void hub_resync(stoa_session_t *s, const char *reason);
+void hub_drop_buffer(stoa_session_t *s);
+/* Put a wakeup for conn of this session on the list (the caller has
+ * made the session unreachable for conn, so the transport finds it gone). */
+void hub_add_wake(stoa_hub_t *hub, const stoa_transport_ops_t *ops, void *transport, void *conn, stoa_session_t *s);
+
+/* The bus side (hub_remote.c). Encode ev (ownership taken) and append it
+ * to the bus queue; a no-op without a bus. */
+void hub_emit(stoa_hub_t *hub, json_object *ev);
+/* {"t":"sess",...}: everything another instance needs to know of a local
+ * session s (and to take it over): a new object. */
+json_object *hub_session_record(stoa_session_t *s);
+
+#endif
