@@ -472,8 +472,6 @@ static void finish_query(stoa_bus_t *bus, int64_t now)
             printable(PQresultErrorMessage(res), msg, sizeof msg);
         } else if (kind == Q_FETCH && bus->ihead && !bus->ihead->events) {
             inbound_t *in = bus->ihead;
-            if (PQntuples(res) == 1)
-                in->events = NULL;
             if (PQntuples(res) == 1) {
                 json_object *o = parse(PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0)), *e;
                 if (o && json_object_object_get_ex(o, "e", &e) && json_object_is_type(e, json_type_array))
@@ -497,11 +495,9 @@ static void finish_query(stoa_bus_t *bus, int64_t now)
         return;
     }
     if (!ok) {
+        /* A payload that failed to go out is lost: the others see the seq
+         * gap and ask for a snapshot. */
         STOA_WARN("bus: a statement failed: %s", msg);
-        if (kind == Q_NOTIFY || kind == Q_BIG) {
-            /* What it carried is lost: the others will see the seq gap
-             * and ask for a snapshot. */
-        }
         if (kind == Q_FETCH && bus->ihead && !bus->ihead->events) {
             bus->ihead->events = json_object_new_array();
             ask_sync(bus, origin_get(bus, bus->ihead->origin, true), now);

@@ -2,7 +2,7 @@
  *
  * Threads: main (signals, the hub's once-a-second tick), the acceptor,
  * libmicrohttpd's internal thread, the libwebsockets service thread and,
- * with a database, the outbox drainer (outbox.c).
+ * with a database, the bus (bus.c) and the outbox drainer (outbox.c).
  * See docs/architecture.md.
  */
 #include "stoa/server.h"
