@@ -549,7 +549,7 @@ static bool setup(stoa_bus_t *bus, stoa_db_t *db, char *err, size_t errlen)
 static void try_connect(stoa_bus_t *bus, int64_t now)
 {
     char err[512];
-    stoa_db_t *db = stoa_db_connect(bus->cfg->database_url, err, sizeof err);
+    stoa_db_t *db = stoa_db_connect_as(bus->cfg->database_url, "stoa-bus", err, sizeof err);
     if (db && setup(bus, db, err, sizeof err)) {
         STOA_INFO("bus: connected again as instance %s; exchanging snapshots", bus->instance);
         bus->backoff = BACKOFF_MIN_MS;

@@ -317,9 +317,14 @@ static int64_t connect_timeout_ms(const char *url)
 
 stoa_db_t *stoa_db_connect(const char *url, char *err, size_t errlen)
 {
+    return stoa_db_connect_as(url, "stoa", err, errlen);
+}
+
+stoa_db_t *stoa_db_connect_as(const char *url, const char *app_name, char *err, size_t errlen)
+{
     /* application_name first: the URL, expanded in place of dbname, overrides it. */
     static const char *const keywords[] = {"application_name", "dbname", NULL};
-    const char *values[] = {"stoa", url, NULL};
+    const char *values[] = {app_name, url, NULL};
     char desc[256], msg[512], *perr = NULL;
     PQconninfoOption *check;
     int64_t timeout, deadline;
@@ -622,7 +627,7 @@ int stoa_db_open_checked(const char *url, stoa_db_t **out, char *err, size_t err
     int64_t t0;
 
     *out = NULL;
-    if (!(db = stoa_db_connect(url, err, errlen)))
+    if (!(db = stoa_db_connect_as(url, "stoa-bus", err, errlen)))
         return STOA_DB_FAILED;
     if ((rc = stoa_db_check_schema(db, msg, sizeof msg)) != STOA_DB_OK) {
         set_err(err, errlen, "database %s: %s", db->desc, msg);

@@ -212,6 +212,11 @@ static void apply_record(stoa_hub_t *hub, const char *origin, json_object *rec)
     if (s && !s->origin) {
         if (gen == s->gen)
             return;   /* ours; a record of the same generation is an echo of an old state */
+        if (strcmp(s->sidh, sidh) != 0) {
+            STOA_WARN("bus: instance %s announces peer %s, a peer id of another session here; ignored", origin,
+                      peer);
+            return;
+        }
         disown(hub, s, origin);
     } else if (s) {
         if (strcmp(s->origin, origin) != 0) {

@@ -205,7 +205,7 @@ static void *run(void *arg)
     while (!atomic_load(&ob->stopping)) {
         int n;
         if (!db) {
-            db = stoa_db_connect(ob->cfg->database_url, err, sizeof err);
+            db = stoa_db_connect_as(ob->cfg->database_url, "stoa-outbox", err, sizeof err);
             if (!db) {
                 int jitter = (int)stoa_random_below((uint32_t)backoff / 2 + 1);
                 if (!complained)

@@ -78,7 +78,7 @@ static bool reconnect(pg_store_t *s, char *err, size_t errlen)
 {
     char msg[512];
     stoa_db_close(s->db);
-    s->db = stoa_db_connect(s->url, msg, sizeof msg);
+    s->db = stoa_db_connect_as(s->url, "stoa-store", msg, sizeof msg);
     if (!s->db) {
         /* The details (host, user, libpq's reason) go to the log, not to the client. */
         STOA_ERROR("store: %s", msg);

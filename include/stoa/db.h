@@ -72,6 +72,9 @@ typedef struct stoa_db stoa_db_t;
  * a hard deadline of the connect timeout. NULL with a message in err on
  * failure. */
 stoa_db_t *stoa_db_connect(const char *url, char *err, size_t errlen);
+/* The same with another application_name (what pg_stat_activity shows):
+ * "stoa-bus", "stoa-outbox", "stoa-store". */
+stoa_db_t *stoa_db_connect_as(const char *url, const char *app_name, char *err, size_t errlen);
 /* Close the connection and free db (NULL is fine). */
 void stoa_db_close(stoa_db_t *db);
 /* The libpq connection, for the bus. Borrowed. */

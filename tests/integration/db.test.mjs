@@ -197,7 +197,7 @@ describe('PostgreSQL', () => {
       assert.doesNotMatch(r.stderr, /listening on/);
     });
 
-    it('starts on a migrated database: self-test passes, /healthz answers, three connections held until shutdown', async () => {
+    it('starts on a migrated database: self-test passes, /healthz answers, three named connections held until shutdown', async () => {
       const url = await pg.createDatabase('serve_ok');
       assert.equal((await runStoa(['migrate', '--database', url])).code, 0);
       const srv = await startStoa(['--database', url]);
@@ -205,15 +205,19 @@ describe('PostgreSQL', () => {
         assert.match(srv.logs(), /schema version 1, LISTEN\/NOTIFY self-test passed/);
         const r = await srv.fetch('/healthz');
         assert.equal(r.status, 200);
-        // The self-test's second connection is gone; the kept ones stay: one
-        // for the bus, one of the snapshot store, one of the outbox drainer
-        // (never shared).
-        const count = () => pg.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'serve_ok' AND application_name = 'stoa'",
-          { database: 'postgres' });
-        await waitFor(async () => (await count()) === '3',
-          { what: 'exactly three stoa connections (bus, snapshot store, outbox drainer)' });
-        // It listens on nothing once the self-test is over.
-        assert.equal(await pg.psql('SELECT count(*) FROM pg_listening_channels()', { database: 'serve_ok' }), '0');
+        // The self-test's second connection is gone; the kept ones stay, one
+        // per role, each named (never shared): the bus (LISTEN/NOTIFY), the
+        // snapshot store, the outbox drainer.
+        const names = () => pg.psql("SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_activity "
+          + "WHERE datname = 'serve_ok' AND application_name LIKE 'stoa%'", { database: 'postgres' });
+        const count = async () => String((await names()).split(',').filter(Boolean).length);
+        await waitFor(async () => (await names()) === 'stoa-bus,stoa-outbox,stoa-store',
+          { what: 'exactly three stoa connections: stoa-bus, stoa-outbox, stoa-store' });
+        // The bus connection listens on stoa_bus: a NOTIFY there reaches it
+        // (an ill-formed payload is logged and ignored).
+        await pg.psql("NOTIFY stoa_bus, 'not json'", { database: 'serve_ok' });
+        await waitFor(async () => /bus: ignored a malformed notification/.test(srv.logs()),
+          { what: 'the bus to log the malformed notification' });
         const { code, signal } = await srv.stop();
         assert.deepEqual({ code, signal }, { code: 0, signal: null }, srv.logs());
         await waitFor(async () => (await count()) === '0', { what: 'the connection closed at shutdown' });
