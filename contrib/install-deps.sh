@@ -13,6 +13,8 @@ if [ "${1:-}" = "--test" ]; then
   want+=(postgresql)
   # tests/integration/lib/nginx.mjs puts a strict proxy in front of Stoa.
   want+=(nginx)
+  # tests/browser/ drive the demo page in headless Chromium (playwright-core).
+  want+=(chromium)
   # Node.js runs the black-box tests; keep one that is already installed.
   command -v node >/dev/null 2>&1 || want+=(nodejs)
   command -v npm >/dev/null 2>&1 || want+=(npm)

@@ -53,6 +53,14 @@ const DEFAULTS = Object.freeze({
   autoRejoin: true,
   /** `credentials` for fetch (browsers: 'include' to send cookies cross-origin). */
   credentials: undefined,
+  /** Outgoing messages queued while disconnected, at most; beyond, the oldest
+   * presence or ephemeral message is dropped (joins and leaves never are). */
+  maxQueuedMessages: 1000,
+  /** Outside a browser, presence patches are coalesced over this interval
+   * (in a browser: one animation frame). */
+  presenceIntervalMs: 16,
+  /** Hold presence updates while the page is hidden; send the fresh state when shown. */
+  pauseWhenHidden: true,
 });
 
 /** An error with a Stoa error code (`SESSION_NOT_FOUND`, `AUTH_FAILED`, ...). */
@@ -105,6 +113,18 @@ const utf8 = new TextEncoder();
 const byteLength = (s) => utf8.encode(s).length;
 
 /** JSON merge-patch (RFC 7386), as the server applies presence patches. */
+/** One merge-patch doing what `a` then `b` do (null deletes survive). */
+function composePatch(a, b) {
+  if (a === undefined || a === null || typeof a !== 'object' || Array.isArray(a) ||
+      b === null || typeof b !== 'object' || Array.isArray(b)) return b;
+  const out = { ...a };
+  for (const [k, v] of Object.entries(b)) {
+    out[k] = v !== null && typeof v === 'object' && !Array.isArray(v) && out[k] !== null && typeof out[k] === 'object'
+      ? composePatch(out[k], v) : v;
+  }
+  return out;
+}
+
 function mergePatch(target, patch) {
   if (patch === null || typeof patch !== 'object' || Array.isArray(patch)) return patch;
   const out = target !== null && typeof target === 'object' && !Array.isArray(target) ? { ...target } : {};
@@ -544,6 +564,12 @@ function closeCodeName(code) {
  *  - 'transport_error' (name, error): an attempt at a transport failed;
  *  - 'disconnect' (error): the transport in use broke; a reconnect follows;
  *  - 'session' (welcome, previousSessionId): a new session replaced one that ended;
+ *  - 'state' (state, {transport}): 'connecting' | 'open' | 'reconnecting' |
+ *    'closed', or the transport changed while open;
+ *  - 'presence-changed' (room, peers): the local store of a room changed
+ *    (a join, a leave, a presence change; see presence());
+ *  - 'overflow' (msg): the bounded outgoing queue dropped a presence or
+ *    ephemeral message (maxQueuedMessages);
  *  - 'close' (): close() finished.
  */
 export class StoaClient extends Emitter {
@@ -591,6 +617,27 @@ export class StoaClient extends Emitter {
     this._heartbeatTimer = null;
     this._heartbeatMs = 0;
     this._upgradeTimer = null;
+
+    this.state = 'closed';          // until connect(): see _setState
+    this.stats.dropped = 0;         // outgoing messages the bounded queue dropped
+    this._stores = new Map();       // room -> Map(peer -> {peer, user, state})
+    this._pendingPresence = new Map();   // room -> merge-patch not sent yet
+    this._presenceTimer = null;
+    this._presenceFrame = null;
+    this._lastPresenceAt = 0;
+    this._postingCount = 0;         // outbox entries in the POST in flight
+    this._hidden = false;
+    this._onVisibility = null;
+    if (this.options.pauseWhenHidden && typeof document !== 'undefined' && document.addEventListener) {
+      this._hidden = document.visibilityState === 'hidden';
+      this._onVisibility = () => {
+        const hidden = document.visibilityState === 'hidden';
+        if (hidden === this._hidden) return;
+        this._hidden = hidden;
+        if (!hidden) this._resumeVisible();
+      };
+      document.addEventListener('visibilitychange', this._onVisibility);
+    }
   }
 
   // ---- public API ----
@@ -602,6 +649,7 @@ export class StoaClient extends Emitter {
    */
   async connect() {
     if (this._closed) throw new StoaError('CLOSED', 'this client was closed');
+    if (this.state === 'closed') this._setState('connecting');
     if (!this.session) await this._createSession();
     const errors = await this._attach(null);
     if (!this._conn) {
@@ -610,6 +658,44 @@ export class StoaClient extends Emitter {
     }
     this._startUpgrades();
     return this;
+  }
+
+  /**
+   * Enter a document's room with my initial presence state; resolves its
+   * room_state. From then on presence(room) holds everyone in it and
+   * 'presence-changed' fires on every join, leave and change.
+   */
+  enterDocument(room, state = {}) {
+    this._stores.set(room, new Map());
+    return this.join(room, state).catch((e) => {
+      if (!this.rooms.has(room)) this._stores.delete(room);
+      throw e;
+    });
+  }
+
+  /** Leave a document's room; its local store is dropped. */
+  leaveDocument(room) {
+    this._pendingPresence.delete(room);
+    if (this._stores.delete(room)) this.emit('presence-changed', room, []);
+    return this.leave(room);
+  }
+
+  /**
+   * Everyone in a room as this client knows them: [{peer, user, state,
+   * self}], in the order they joined (self: my own entry, with the state
+   * as I last set it).
+   */
+  presence(room) {
+    const store = this._stores.get(room);
+    if (!store) return [];
+    return [...store.values()].map((p) => (p.peer === this.peer
+      ? { ...p, state: this.rooms.get(room) ?? p.state, self: true }
+      : { ...p, self: false }));
+  }
+
+  /** Relay `data` to the others in the room (ephemeral: never stored). */
+  sendEphemeral(room, data) {
+    this.send(room, data);
   }
 
   /** Enter a room; resolves the room_state (rejects with a StoaError). */
@@ -630,10 +716,17 @@ export class StoaClient extends Emitter {
     return this._request({ type: 'leave', room });
   }
 
-  /** Change my presence in a room by JSON merge-patch. */
+  /**
+   * Change my presence in a room by JSON merge-patch. Patches are
+   * coalesced: at most one presence message per animation frame (outside
+   * a browser, per presenceIntervalMs), never faster than the server's
+   * presence_rate, and none while the page is hidden.
+   */
   setPresence(room, patch) {
     if (this.rooms.has(room)) this.rooms.set(room, mergePatch(this.rooms.get(room), patch));
-    this._enqueue({ type: 'presence', room, state: patch });
+    this._pendingPresence.set(room, composePatch(this._pendingPresence.get(room), patch));
+    if (this._stores.has(room)) this.emit('presence-changed', room, this.presence(room));
+    this._schedulePresence();
   }
 
   /** Relay `data` to the others in the room (ephemeral: never stored). */
@@ -667,8 +760,12 @@ export class StoaClient extends Emitter {
    */
   async close() {
     if (this._closed) return;
+    this._sendPendingPresence(true);
     this._closed = true;
     clearTimeout(this._reconnectTimer);
+    clearTimeout(this._presenceTimer);
+    if (this._presenceFrame !== null && typeof cancelAnimationFrame === 'function') cancelAnimationFrame(this._presenceFrame);
+    if (this._onVisibility) document.removeEventListener('visibilitychange', this._onVisibility);
     clearInterval(this._upgradeTimer);
     clearInterval(this._heartbeatTimer);
     const conn = this._conn;
@@ -692,7 +789,85 @@ export class StoaClient extends Emitter {
       p.reject(new StoaError('CLOSED', 'the client closed'));
     }
     this._pending.clear();
+    this._setState('closed');
     this.emit('close');
+  }
+
+  // ---- state ----
+
+  _setState(state) {
+    const transport = this.transport;
+    if (state === this.state && transport === this._stateTransport) return;
+    this.state = state;
+    this._stateTransport = transport;
+    this.emit('state', state, { transport });
+  }
+
+  // ---- presence, coalesced ----
+
+  _schedulePresence() {
+    if (this._closed || this._hidden || this._presenceTimer || this._presenceFrame !== null) return;
+    if (!this._pendingPresence.size) return;
+    const rate = Number(this.welcome?.limits?.presence_rate) || 20;
+    // Each flush sends one message per room with a pending patch: keep
+    // the session under the server's token bucket.
+    const gap = (1000 * this._pendingPresence.size) / rate * 1.05;
+    const wait = Math.max(0, this._lastPresenceAt + gap - Date.now());
+    const frame = () => {
+      this._presenceFrame = null;
+      this._sendPendingPresence(false);
+    };
+    if (wait > 0 || typeof requestAnimationFrame !== 'function') {
+      const interval = typeof requestAnimationFrame === 'function' ? 0 : this.options.presenceIntervalMs;
+      this._presenceTimer = setTimeout(() => {
+        this._presenceTimer = null;
+        if (typeof requestAnimationFrame === 'function' && !this._hidden) this._presenceFrame = requestAnimationFrame(frame);
+        else this._sendPendingPresence(false);
+      }, Math.max(wait, interval));
+    } else {
+      this._presenceFrame = requestAnimationFrame(frame);
+    }
+  }
+
+  _sendPendingPresence(force) {
+    if (this._closed || (this._hidden && !force) || !this._pendingPresence.size) return;
+    for (const [room, state] of this._pendingPresence) this._enqueue({ type: 'presence', room, state });
+    this._pendingPresence.clear();
+    this._lastPresenceAt = Date.now();
+  }
+
+  /** The page is shown again: send what changed meanwhile and prove we are here. */
+  _resumeVisible() {
+    this._sendPendingPresence(false);
+    for (const room of this.rooms.keys()) this._enqueue({ type: 'heartbeat', room });
+  }
+
+  /** Keep the local presence stores in step with what the server says. */
+  _track(m) {
+    const store = this._stores.get(m.room);
+    if (!store) return;
+    switch (m.type) {
+      case 'room_state':
+        store.clear();
+        for (const p of m.peers ?? []) store.set(p.peer, { peer: p.peer, user: p.user, state: p.state ?? {} });
+        break;
+      case 'peer_joined':
+        store.set(m.peer, { peer: m.peer, user: m.user, state: m.state ?? {} });
+        break;
+      case 'presence': {
+        const p = store.get(m.peer);
+        if (!p) return;
+        p.state = m.state ?? {};
+        break;
+      }
+      case 'peer_left':
+        if (m.peer === this.peer) store.clear();
+        else if (!store.delete(m.peer)) return;
+        break;
+      default:
+        return;
+    }
+    this.emit('presence-changed', m.room, this.presence(m.room));
   }
 
   // ---- sessions ----
@@ -770,6 +945,7 @@ export class StoaClient extends Emitter {
     this.transport = conn.name;
     this._penalty.delete(conn.name);
     if (prev !== conn.name) this.emit('transport', conn.name, prev);
+    this._setState('open');
     this._scheduleFlush();
   }
 
@@ -837,6 +1013,7 @@ export class StoaClient extends Emitter {
     this.transport = null;
     this.emit('disconnect', err);
     this.emit('transport', null, prev);
+    this._setState('reconnecting');
     this._scheduleReconnect(conn.name, err);
   }
 
@@ -845,8 +1022,10 @@ export class StoaClient extends Emitter {
     const o = this.options;
     const n = this._reconnectAttempt++;
     const base = Math.min(o.reconnectMaxDelayMs, o.reconnectDelayMs * 2 ** n);
-    // The first retry after a clean takeover (4009) is immediate.
-    const delay = n === 0 && err?.code === 'SUPERSEDED' ? 0 : base / 2 + Math.random() * base / 2;
+    // The first retry after a clean takeover (4009) is immediate; then
+    // exponential backoff with full jitter, so that clients cut off by one
+    // server restart do not all come back at the same instant.
+    const delay = n === 0 && err?.code === 'SUPERSEDED' ? 0 : Math.random() * base;
     this._reconnectTimer = setTimeout(async () => {
       this._reconnectTimer = null;
       if (this._closed || this._conn) return;
@@ -971,6 +1150,7 @@ export class StoaClient extends Emitter {
         this.rooms.delete(m.room);
       }
     }
+    this._track(m);
     this.emit(m.type, m, meta);
     this.emit('message', m, meta);
   }
@@ -991,6 +1171,23 @@ export class StoaClient extends Emitter {
 
   _enqueue(msg) {
     if (this._closed) return;
+    if (this._outbox.length >= this.options.maxQueuedMessages) {
+      // Full (a long disconnection): drop the oldest presence or ephemeral
+      // message not already in flight; joins, leaves and requests stay.
+      const droppable = (m) => (m.type === 'presence' || m.type === 'ephemeral' || m.type === 'heartbeat') &&
+        m.id === undefined;
+      let i = this._outbox.findIndex((m, j) => j >= this._postingCount && droppable(m));
+      if (i < 0 && droppable(msg)) {
+        this.stats.dropped++;
+        this.emit('overflow', msg);
+        return;
+      }
+      if (i >= 0) {
+        const [gone] = this._outbox.splice(i, 1);
+        this.stats.dropped++;
+        this.emit('overflow', gone);
+      }
+    }
     this._outbox.push(msg);
     this._scheduleFlush();
   }
@@ -1032,6 +1229,7 @@ export class StoaClient extends Emitter {
       }
       const sent = this._outbox.slice(0, batch.length);
       let res;
+      this._postingCount = batch.length;
       try {
         res = await this._fetch(`${this._sessionUrl()}/messages`, {
           method: 'POST',
@@ -1041,11 +1239,13 @@ export class StoaClient extends Emitter {
         });
       } catch (e) {
         // Not sent, or sent and the answer lost: retry (at-least-once).
+        this._postingCount = 0;
         if (closing) return;
         failures++;
         await sleep(Math.min(this.options.reconnectMaxDelayMs, this.options.reconnectDelayMs * 2 ** failures));
         continue;
       }
+      this._postingCount = 0;
       if (res.status >= 500 || res.status === 429) {
         if (closing) return;
         failures++;
@@ -1054,7 +1254,9 @@ export class StoaClient extends Emitter {
       }
       failures = 0;
       this._outbox.splice(0, batch.length);
-      if (res.status === 200) {
+      if (res.ok) {
+        // 200: handled here; 202: forwarded to the instance holding the
+        // session (its errors come on the stream).
         const body = await res.json().catch(() => ({ errors: [] }));
         for (const e of body.errors ?? []) this._postError(sent[e.index] ?? {}, e);
       } else {
@@ -1114,6 +1316,33 @@ function timeoutSignal(ms) {
   const a = new AbortController();
   setTimeout(() => a.abort(), ms);
   return a.signal;
+}
+
+/**
+ * Connect to a Stoa server: a new StoaClient (options as its constructor
+ * takes them: url, token, transports, ...) that resolves once a transport
+ * is open. While no transport works it keeps trying with exponential
+ * backoff and full jitter (state 'reconnecting'), unless `retry: false`;
+ * it rejects at once when the server refuses who we are (AUTH_FAILED,
+ * ORIGIN_DENIED, ANONYMOUS_DISABLED).
+ */
+export async function connect(options = {}) {
+  const client = new StoaClient(options);
+  const o = client.options;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await client.connect();
+    } catch (e) {
+      if (client._closed || options.retry === false ||
+          ['AUTH_FAILED', 'ORIGIN_DENIED', 'ANONYMOUS_DISABLED', 'CLOSED'].includes(e.code)) {
+        client._setState('closed');
+        throw e;
+      }
+      client._setState('reconnecting');
+      const base = Math.min(o.reconnectMaxDelayMs, o.reconnectDelayMs * 2 ** attempt);
+      await sleep(Math.random() * base);
+    }
+  }
 }
 
 export default StoaClient;
