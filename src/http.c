@@ -269,10 +269,12 @@ static bool safe_path(const char *url)
 static enum MHD_Result serve_file(call_t *c, const char *url)
 {
     stoa_http_t *h = c->http;
-    char path[4096];
+    char path[4096], etag[64];
     struct stat st;
     struct MHD_Response *r;
     enum MHD_Result ret;
+    const char *inm;
+    unsigned status = MHD_HTTP_OK;
     int fd;
 
     if (strcmp(c->method, "GET") != 0 && strcmp(c->method, "HEAD") != 0)
@@ -287,10 +289,24 @@ static enum MHD_Result serve_file(call_t *c, const char *url)
             close(fd);
         return STOA_HTTP_ERROR(c, STOA_ERR_NOT_FOUND, "no such resource");
     }
-    r = MHD_create_response_from_fd((size_t)st.st_size, fd);   /* MHD closes fd */
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type(path));
+    /* Browsers may keep a copy but must ask again each time (no-cache);
+     * the ETag (size and modification time) lets them get 304 instead of
+     * the file when it has not changed. */
+    snprintf(etag, sizeof etag, "\"%llx-%llx\"", (unsigned long long)st.st_size,
+             (unsigned long long)st.st_mtim.tv_sec * 1000000000ull + (unsigned long long)st.st_mtim.tv_nsec);
+    inm = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
+    if (inm && (strcmp(inm, etag) == 0 || strcmp(inm, "*") == 0 || strstr(inm, etag))) {
+        close(fd);
+        r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+        status = MHD_HTTP_NOT_MODIFIED;
+    } else {
+        r = MHD_create_response_from_fd((size_t)st.st_size, fd);   /* MHD closes fd */
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type(path));
+    }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    ret = MHD_queue_response(c->conn, MHD_HTTP_OK, r);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, etag);
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    ret = MHD_queue_response(c->conn, status, r);
     MHD_destroy_response(r);
     return ret;
 }

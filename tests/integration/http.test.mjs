@@ -170,6 +170,29 @@ describe('REST', () => {
     await expectHttpError(await srv.fetch('/index.html', { method: 'POST' }), 405, 'METHOD_NOT_ALLOWED');
   });
 
+  it('static files: content types, no-cache with an ETag, 304 when unchanged, nosniff', async () => {
+    const types = { '/stoa.js': /^text\/javascript; charset=utf-8$/, '/index.html': /^text\/html; charset=utf-8$/,
+      '/stoa.d.ts': /^application\/octet-stream$/ };
+    for (const [path, type] of Object.entries(types)) {
+      const r = await srv.fetch(path);
+      assert.equal(r.status, 200, path);
+      assert.match(r.headers.get('content-type'), type, path);
+      assert.equal(r.headers.get('cache-control'), 'no-cache', path);
+      assert.equal(r.headers.get('x-content-type-options'), 'nosniff', path);
+      const etag = r.headers.get('etag');
+      assert.match(etag, /^"[0-9a-f]+-[0-9a-f]+"$/, path);
+      const body = await r.text();
+      assert.ok(body.length > 0);
+      const again = await srv.fetch(path, { headers: { 'If-None-Match': etag } });
+      assert.equal(again.status, 304, path);
+      assert.equal(again.headers.get('etag'), etag);
+      assert.equal(await again.text(), '');
+      const other = await srv.fetch(path, { headers: { 'If-None-Match': '"0-0"' } });
+      assert.equal(other.status, 200, path);
+      assert.equal(await other.text(), body);
+    }
+  });
+
   it('POST /healthz: 405 METHOD_NOT_ALLOWED with Allow', async () => {
     const r = await srv.fetch('/healthz', { method: 'POST' });
     await expectHttpError(r, 405, 'METHOD_NOT_ALLOWED');
