@@ -126,8 +126,22 @@ stoa_err_t stoa_access_connect(stoa_hub_t *hub, const stoa_auth_t *auth, const s
         return STOA_OK;
     }
     *sess = stoa_hub_find(hub, session_id);
-    if (!*sess)   /* it may live on another instance: move it here */
+    if (!*sess) {
+        /* It may live on another instance: move it here, once a token (if
+         * any) has been checked against its user. */
+        char sub[256];
+        if (stoa_hub_remote_sub(hub, session_id, sub, sizeof sub) && token && token[0]) {
+            ident = stoa_auth_verify(auth, token, why, whylen);
+            if (!ident || strcmp(ident->sub, sub) != 0) {
+                if (ident)
+                    snprintf(why, whylen, "the token names another user than the session's");
+                stoa_identity_free(ident);
+                return STOA_ERR_AUTH_FAILED;
+            }
+            stoa_identity_free(ident);
+        }
         *sess = stoa_hub_adopt(hub, session_id, last_seq != NULL, seq);
+    }
     if (!*sess) {
         snprintf(why, whylen, "no such session (it ended or expired): start a new one");
         return STOA_ERR_SESSION_NOT_FOUND;

@@ -107,7 +107,9 @@ static void bus_emit(void *ud, const char *text, size_t len)
     stoa_bus_t *bus = ud;
     qitem_t *it;
     pthread_mutex_lock(&bus->qlock);
-    if (!atomic_load(&bus->connected) || bus->qbytes + len > (size_t)bus->cfg->bus_queue_bytes) {
+    /* A lone event is taken whatever its size (a snapshot of many sessions
+     * may exceed the bound: refusing it would only make another). */
+    if (!atomic_load(&bus->connected) || (bus->qhead && bus->qbytes + len > (size_t)bus->cfg->bus_queue_bytes)) {
         /* Nothing queued can go out in order now: keep none of it, and
          * send a snapshot when possible. */
         for (it = bus->qhead; it; it = it->next)
@@ -409,12 +411,12 @@ bad:
     json_object_put(o);
 }
 
-static bool has_snapshot(json_object *events)
+static bool has_event(json_object *events, const char *type)
 {
     for (size_t i = 0; i < json_object_array_length(events); i++) {
         json_object *t;
         if (json_object_object_get_ex(json_object_array_get_idx(events, i), "t", &t) &&
-            strcmp(json_object_get_string(t), "snap") == 0)
+            strcmp(json_object_get_string(t), type) == 0)
             return true;
     }
     return false;
@@ -426,7 +428,7 @@ static void apply_inbound(stoa_bus_t *bus, int64_t now)
     while (bus->ihead && bus->ihead->events) {
         inbound_t *in = bus->ihead;
         origin_t *o = origin_get(bus, in->origin, true);
-        bool snap = has_snapshot(in->events);
+        bool snap = has_event(in->events, "snap"), bye = has_event(in->events, "bye");
 
         bus->ihead = in->next;
         if (!bus->ihead)
@@ -453,6 +455,10 @@ static void apply_inbound(stoa_bus_t *bus, int64_t now)
             stoa_hub_forwarded(bus->hub, json_object_array_get_idx(fwd, i));
         json_object_put(fwd);
         free(in);
+        if (bye) {
+            STOA_INFO("bus: instance %s stopped", o->id);
+            origin_forget(bus, o);
+        }
     }
 }
 
@@ -761,6 +767,11 @@ void stoa_bus_stop(stoa_bus_t *bus)
     pthread_mutex_destroy(&bus->qlock);
     pthread_mutex_destroy(&bus->slock);
     free(bus);
+}
+
+bool stoa_bus_connected(stoa_bus_t *bus)
+{
+    return atomic_load(&bus->connected);
 }
 
 const char *stoa_bus_instance(const stoa_bus_t *bus)

@@ -31,6 +31,7 @@ static const struct {
     [STOA_ERR_PRECONDITION_FAILED] = {"PRECONDITION_FAILED", 412},
     [STOA_ERR_PRECONDITION_REQUIRED] = {"PRECONDITION_REQUIRED", 428},
     [STOA_ERR_INTERNAL] = {"INTERNAL", 500},
+    [STOA_ERR_UNAVAILABLE] = {"UNAVAILABLE", 503},
 };
 
 const char *stoa_err_name(stoa_err_t err)

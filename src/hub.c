@@ -449,7 +449,7 @@ stoa_err_t stoa_hub_attach(stoa_session_t *s, const stoa_transport_ops_t *ops, v
 {
     stoa_hub_t *hub = s->hub;
     hub_lock(hub);
-    if (!s->open) {
+    if (!s->open || s->origin) {
         hub_unlock(hub);
         return STOA_ERR_SESSION_NOT_FOUND;
     }
@@ -644,8 +644,8 @@ stoa_err_t stoa_hub_join(stoa_session_t *s, const char *room_name, json_object *
         state = NULL;
     }
     hub_lock(hub);
-    if (!s->open)   /* a closed session must not become a member again */
-        FAIL(STOA_ERR_PERMISSION_DENIED, "the session is closed");
+    if (!s->open || s->origin)   /* a closed (or moved) session must not become a member again */
+        FAIL(STOA_ERR_SESSION_NOT_FOUND, "the session ended or moved to another instance");
     if (!(stoa_perms_rights(s->ident->perms, room_name) & STOA_RIGHT_READ))
         FAIL(STOA_ERR_PERMISSION_DENIED, "no read permission on %s", room_name);
     if (hub_find_membership(s, room_name))
@@ -678,6 +678,11 @@ out:
 static stoa_err_t member_of(stoa_session_t *s, const char *room_name, membership_t **out, char *why,
                             size_t whylen)
 {
+    if (!s->open || s->origin) {   /* ended, or moved to another instance: its old connection is late */
+        *out = NULL;
+        snprintf(why, whylen, "the session ended or moved to another instance");
+        return STOA_ERR_SESSION_NOT_FOUND;
+    }
     *out = hub_find_membership(s, room_name);
     if (*out)
         return STOA_OK;
@@ -913,7 +918,7 @@ json_object *stoa_hub_rooms(stoa_hub_t *hub)
     return arr;
 }
 
-void stoa_hub_notice(stoa_hub_t *hub, const char *level, const char *message)
+void stoa_hub_notice(stoa_hub_t *hub, const char *level, const char *message, bool everywhere)
 {
     stoa_msg_t *msg;
     json_object *ev;
@@ -926,7 +931,10 @@ void stoa_hub_notice(stoa_hub_t *hub, const char *level, const char *message)
     json_object_object_add(ev, "t", json_object_new_string("notice"));
     json_object_object_add(ev, "level", json_object_new_string(level));
     json_object_object_add(ev, "message", json_object_new_string(message));
-    hub_emit(hub, ev);
+    if (everywhere)
+        hub_emit(hub, ev);
+    else
+        json_object_put(ev);
     hub_unlock(hub);
 }
 

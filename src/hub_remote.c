@@ -147,7 +147,9 @@ static stoa_identity_t *record_identity(stoa_hub_t *hub, json_object *rec, json_
     if (!sub || !perms)
         return NULL;
     id = stoa_xcalloc(1, sizeof *id);
-    id->perms = stoa_perms_from_json(perms, (size_t)hub->cfg->max_room_name_bytes, err, sizeof err);
+    /* A token's grants plus the exact ones for its own rooms (user:, group:). */
+    id->perms = stoa_perms_from_json_max(perms, (size_t)hub->cfg->max_room_name_bytes,
+                                         STOA_PERM_MAX_PATTERNS + STOA_MAX_GROUPS + 1, err, sizeof err);
     if (!id->perms) {
         free(id);
         return NULL;
@@ -480,6 +482,22 @@ char *stoa_hub_remote_session_json(stoa_hub_t *hub, const char *session_id)
     }
     hub_unlock(hub);
     return text;
+}
+
+bool stoa_hub_remote_sub(stoa_hub_t *hub, const char *session_id, char *sub, size_t sublen)
+{
+    char sidh[STOA_HUB_SIDH_LEN + 1];
+    stoa_session_t *s;
+
+    if (!session_id || strlen(session_id) != STOA_SESSION_ID_LEN)
+        return false;
+    stoa_digest_hex(session_id, STOA_SESSION_ID_LEN, sidh, STOA_HUB_SIDH_LEN);
+    hub_lock(hub);
+    s = remote_by_sidh(hub, sidh);
+    if (s && sub)
+        snprintf(sub, sublen, "%s", s->ident->sub);
+    hub_unlock(hub);
+    return s != NULL;
 }
 
 stoa_session_t *stoa_hub_adopt(stoa_hub_t *hub, const char *session_id, bool has_last_seq, uint64_t last_seq)

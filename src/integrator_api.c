@@ -132,7 +132,7 @@ enum MHD_Result stoa_integrator_notice(call_t *c)
             return STOA_HTTP_ERROR(c, STOA_ERR_BAD_MESSAGE, "level must be \"info\" or \"warn\"");
         }
     }
-    stoa_hub_notice(c->http->hub, lv, json_object_get_string(msg));
+    stoa_hub_notice(c->http->hub, lv, json_object_get_string(msg), true);
     json_object_put(body);
     return stoa_http_send_text(c, MHD_HTTP_ACCEPTED, "application/json", "{}", 2, NULL, NULL);
 }

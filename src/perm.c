@@ -31,14 +31,20 @@ static int parse_rights(const char *s, unsigned *out)
 
 stoa_perms_t *stoa_perms_from_json(json_object *obj, size_t max_pattern_bytes, char *err, size_t errlen)
 {
+    return stoa_perms_from_json_max(obj, max_pattern_bytes, STOA_PERM_MAX_PATTERNS, err, errlen);
+}
+
+stoa_perms_t *stoa_perms_from_json_max(json_object *obj, size_t max_pattern_bytes, size_t max_patterns, char *err,
+                                       size_t errlen)
+{
     stoa_perms_t *p;
     size_t i = 0;
     if (!obj || !json_object_is_type(obj, json_type_object)) {
         snprintf(err, errlen, "rooms must be a JSON object of pattern -> \"r\" or \"rw\"");
         return NULL;
     }
-    if ((size_t)json_object_object_length(obj) > STOA_PERM_MAX_PATTERNS) {
-        snprintf(err, errlen, "rooms holds more than %d patterns", STOA_PERM_MAX_PATTERNS);
+    if ((size_t)json_object_object_length(obj) > max_patterns) {
+        snprintf(err, errlen, "rooms holds more than %zu patterns", max_patterns);
         return NULL;
     }
     p = stoa_xcalloc(1, sizeof *p);

@@ -133,7 +133,7 @@ int stoa_server_run(const stoa_config_t *cfg)
         }
     }
     rc = 0;
-    stoa_hub_notice(hub, "warn", "the server is shutting down");
+    stoa_hub_notice(hub, "warn", "the server is shutting down", false);   /* this instance only */
     goto out;
 fail:
     STOA_ERROR("%s", err);

@@ -68,18 +68,35 @@ enum MHD_Result stoa_sessions_create(call_t *c)
 /* A request for a session this instance does not hold, which may live on
  * another one: GET answers from what the bus says of it, POST messages
  * and DELETE are forwarded to it (neither moves the session: only a
- * transport attaching does). Returns true when answered. The id is the
- * credential; a token, if sent, is checked by the instance holding it
- * when the session moves. */
+ * transport attaching does). Returns true when answered. As for a local
+ * session, the id is the credential and a token, if sent, must name the
+ * session's user. */
 static bool elsewhere(call_t *c, json_object *msgs, bool end, enum MHD_Result *answered)
 {
     stoa_hub_t *hub = c->http->hub;
-    char *text;
+    char *text, sub[256], cookie_buf[STOA_TOKEN_MAX + 1], why[256];
+    const char *token;
+    stoa_identity_t *id;
     size_t n;
     json_object *o;
 
-    if (!c->http->bus)
+    if (!c->http->bus || !stoa_hub_remote_sub(hub, c->arg, sub, sizeof sub))
         return false;
+    if ((token = stoa_http_token(c, cookie_buf, sizeof cookie_buf))) {
+        id = stoa_auth_verify(c->http->auth, token, why, sizeof why);
+        if (!id || strcmp(id->sub, sub) != 0) {
+            *answered = STOA_HTTP_ERROR(c, STOA_ERR_AUTH_FAILED, "%s",
+                                        id ? "the token names another user than the session's" : why);
+            stoa_identity_free(id);
+            return true;
+        }
+        stoa_identity_free(id);
+    }
+    if ((msgs || end) && !stoa_bus_connected(c->http->bus)) {
+        *answered = STOA_HTTP_ERROR(c, STOA_ERR_UNAVAILABLE,
+                                    "the session lives on another instance, which cannot be reached now; retry");
+        return true;
+    }
     if (!msgs && !end) {
         if (!(text = stoa_hub_remote_session_json(hub, c->arg)))
             return false;

@@ -62,6 +62,8 @@ stoa_bus_t *stoa_bus_start(const stoa_config_t *cfg, stoa_hub_t *hub, stoa_db_t 
 void stoa_bus_stop(stoa_bus_t *bus);
 /* This instance's id (random per process). */
 const char *stoa_bus_instance(const stoa_bus_t *bus);
+/* Whether the bus connection is up now. Any thread. */
+bool stoa_bus_connected(stoa_bus_t *bus);
 /* {"instance","connected","instances":[ids heard from]}: a new object
  * owned by the caller. Any thread. */
 json_object *stoa_bus_status(stoa_bus_t *bus);

@@ -134,8 +134,9 @@ stoa_err_t stoa_hub_kick(stoa_hub_t *hub, const char *room, const char *peer, ch
  * caller. */
 json_object *stoa_hub_rooms(stoa_hub_t *hub);
 
-/* Queue a `notice` for every session (one message, shared). */
-void stoa_hub_notice(stoa_hub_t *hub, const char *level, const char *message);
+/* Queue a `notice` for every session (one message, shared): of every
+ * instance with `everywhere`, else only this one's (a shutdown). */
+void stoa_hub_notice(stoa_hub_t *hub, const char *level, const char *message, bool everywhere);
 
 /* Queue msg (ownership of the reference taken) for this session only. */
 void stoa_hub_send(stoa_session_t *sess, stoa_msg_t *msg);
@@ -237,6 +238,10 @@ void stoa_hub_forwarded(stoa_hub_t *hub, json_object *fwd);
  * another instance ("transport": null, "instance": where it is): JSON text
  * owned by the caller, or NULL when unknown. */
 char *stoa_hub_remote_session_json(stoa_hub_t *hub, const char *session_id);
+/* Whether a session with this id lives on another instance; its user id
+ * (sub) is copied into sub (truncated to sublen) so that a token can be
+ * checked against it before anything is forwarded or moved. */
+bool stoa_hub_remote_sub(stoa_hub_t *hub, const char *session_id, char *sub, size_t sublen);
 stoa_session_t *stoa_hub_adopt(stoa_hub_t *hub, const char *session_id, bool has_last_seq, uint64_t last_seq);
 
 #endif

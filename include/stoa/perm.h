@@ -28,6 +28,10 @@ typedef struct stoa_perms stoa_perms_t;
  * (not an object, a value other than "r"/"rw"/"", too many patterns, or a
  * pattern longer than max_pattern_bytes). */
 stoa_perms_t *stoa_perms_from_json(json_object *obj, size_t max_pattern_bytes, char *err, size_t errlen);
+/* The same with another bound on the number of patterns (a set grown by
+ * stoa_perms_grant, read back from the bus). */
+stoa_perms_t *stoa_perms_from_json_max(json_object *obj, size_t max_pattern_bytes, size_t max_patterns, char *err,
+                                       size_t errlen);
 /* Same, from JSON text. */
 stoa_perms_t *stoa_perms_parse(const char *text, size_t max_pattern_bytes, char *err, size_t errlen);
 /* A copy owned by the caller. */
