@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { startStoa, waitFor, sleep } from './lib/stoa.mjs';
 import { startPostgres } from './lib/pg.mjs';
-import { closeAll, createSession, deleteSession, poll, postOk, Poller } from './lib/sessions.mjs';
+import { closeAll, createSession, deleteSession, getSession, poll, postMessages, postOk, Poller } from './lib/sessions.mjs';
 import {
   api, busOf, migrate, pgDown, pgUp, presencePeers, roomCount, startCluster, waitForMesh,
 } from './lib/cluster.mjs';
@@ -640,6 +640,49 @@ describe('cluster: two instances on one database', () => {
       await stayB.next(is('peer_left', { peer: leaveA.peer }), 30000);
       for (const srv of [a, b]) assert.equal(srv.proc.exitCode, null, 'an instance exited during the outage');
     });
+
+  it('requests for a session on the other instance: GET answers from the bus, POST and DELETE are forwarded; a wrong token is refused first', async () => {
+    const room = freshRoom();
+    const watchA = await joined(a, room);
+    const adaToken = await a.token({ sub: 'ada-fwd', name: 'Ada', rooms: { 'doc:*': 'rw' } });
+    const bobToken = await a.token({ sub: 'bob-fwd', name: 'Bob', rooms: { 'doc:*': 'rw' } });
+    const s = await createSession(a, { token: adaToken });
+    const lp = Poller.start(a, s.session);
+    await waitFor(async () => (await getSession(b, s.session)).status === 200, { what: 'B to know the session' });
+
+    const g = await getSession(b, s.session);
+    assert.equal(g.body.peer, s.peer);
+    assert.equal(g.body.transport, null);
+    assert.equal(g.body.instance, idA, 'B says the session is on A');
+    assert.equal((await getSession(a, s.session)).body.instance, idA);
+
+    // A token for another user: refused on B before anything is forwarded or moved.
+    const wrong = await postMessages(b, s.session, [{ type: 'join', room }], { token: bobToken });
+    assert.equal(wrong.status, 401, wrong.text);
+    assert.equal(wrong.body.error.code, 'AUTH_FAILED');
+    const wrongWs = await b.connect({ path: `/v1/ws?session=${s.session}&last_seq=0&token=${bobToken}` });
+    const closed = await wrongWs.closed;
+    assert.equal(closed.code, 4001, 'a WebSocket resume with another user\'s token is refused');
+    assert.equal((await getSession(a, s.session)).body.instance, idA, 'the session did not move');
+
+    // Forwarded: 202, handled on A, in order; the session stays there.
+    const fwd = await postMessages(b, s.session, [{ type: 'join', room, state: { via: 'B' }, id: 'j' }], { token: adaToken });
+    assert.equal(fwd.status, 202, fwd.text);
+    assert.deepEqual(fwd.body, { accepted: 1, errors: [], forwarded: true });
+    assert.equal((await lp.next((m) => m.type === 'room_state')).id, 'j');
+    assert.deepEqual((await watchA.next(is('peer_joined', { peer: s.peer }))).state, { via: 'B' });
+    // An error of a forwarded message comes on the stream.
+    await postMessages(b, s.session, [{ type: 'presence', room: 'doc:nowhere', state: {}, id: 'bad' }]);
+    assert.equal((await lp.next((m) => m.type === 'error')).code, 'NOT_IN_ROOM');
+    assert.equal((await getSession(a, s.session)).body.transport, 'longpoll', 'still on A');
+
+    // DELETE on B ends it on A: its peers see it leave.
+    const del = await deleteSession(b, s.session);
+    assert.equal(del.status, 204, del.text);
+    assert.equal((await watchA.next(is('peer_left', { peer: s.peer }))).reason, 'leave');
+    await waitFor(async () => (await getSession(a, s.session)).status === 404, { what: 'the session gone on A' });
+    await waitFor(async () => (await getSession(b, s.session)).status === 404, { what: 'the session gone on B' });
+  });
 
   it('both instances exit 0 on SIGTERM', async () => {
     for (const srv of [a, b]) {
