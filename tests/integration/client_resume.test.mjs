@@ -153,7 +153,8 @@ describe('StoaClient resuming after missing more than the server keeps', () => {
   }
 
   it('over websocket, reading too slowly: a resync mid-connection, no reconnect, and the count goes on from it', async () => {
-    // 16 KB messages, and a client that stops reading for 2.5 s: the
+    // 16 KB messages, and a client that stops reading (until the server holds
+    // more than its buffer keeps): the
     // socket buffers fill, the session's buffer overflows, and the server
     // sends a resync once the client reads again. Over WebSocket the
     // messages carry no seq: the client must take the resync's.
@@ -167,7 +168,12 @@ describe('StoaClient resuming after missing more than the server keeps', () => {
       await c.connect();
       await c.join(room);
       await waitFor(() => rec.got.length > 20, { what: 'messages' });
-      await relay.stall(2500);
+      // Until the server holds more undelivered messages than its buffer
+      // keeps (however large the kernel's socket buffers are).
+      await relay.stall(async () => {
+        const s = await serverSession(srv, c.session);
+        return s.seq - s.delivered > 60;
+      });
       await waitFor(() => resyncs.length === 1, { what: 'a resync' });
       const [rs] = resyncs;
       assert.equal(rs.reason, 'gap');

@@ -173,10 +173,17 @@ export async function startRelay(targetPort, { delayMs = 0 } = {}) {
      * Stop reading what the server sends for `ms` (a client that reads too
      * slowly): the kernel's buffers fill, and the server's writes wait.
      */
-    async stall(ms) {
+    /** Stop reading from the server for ms, or until the async predicate
+     * `until` holds (checked every 50 ms, for at most 20 s). */
+    async stall(msOrUntil) {
       const victims = [...pairs];
       for (const p of victims) p.up.pause();
-      await new Promise((r) => setTimeout(r, ms));
+      if (typeof msOrUntil === 'function') {
+        const deadline = Date.now() + 20000;
+        while (!(await msOrUntil()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      } else {
+        await new Promise((r) => setTimeout(r, msOrUntil));
+      }
       for (const p of victims) if (!p.up.destroyed) p.up.resume();
       return victims.length;
     },
