@@ -449,11 +449,22 @@ class PollConn extends Conn {
     this.inflight = null;   // {abort, done: Promise}
   }
 
-  /** Polls carry no welcome: the session is the one POST /v1/sessions made. */
-  start() {
+  /**
+   * Polls carry no welcome (the session is the one POST /v1/sessions
+   * made), and a poll may be held for 25 s: so prove first that the server
+   * answers and still has the session (GET /v1/sessions/{id}), and count
+   * as open only then. A server that is down fails here, not after the
+   * transport was reported open.
+   */
+  async start() {
+    const c = this.client;
+    const res = await c._fetch(c._sessionUrl(), { credentials: c.options.credentials,
+      signal: timeoutSignal(c.options.wsOpenTimeoutMs) });
+    if (res.status !== 200) throw await httpError(res, 'long-poll');
+    await res.text().catch(() => '');
+    if (this.retired) return;
     this.ready = true;
     this._loop();
-    return Promise.resolve();
   }
 
   async _loop() {
