@@ -22,6 +22,8 @@
 #include <uthash.h>
 
 
+static void dirty_unlist(stoa_hub_t *hub, room_t *room);
+
 static const char *const reason_names[] = {"leave", "disconnect", "timeout", "kicked"};
 
 const char *stoa_left_reason_name(stoa_left_reason_t reason)
@@ -204,6 +206,8 @@ void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t 
 
     HASH_DELETE(hh_room, room->members, m);
     HASH_DELETE(hh_sess, s->rooms, m);
+    if (m->dirty)
+        room->ndirty--;   /* its pending presence goes with it */
     if (!s->origin) {
         json_object *ev = json_object_new_object();
         json_object_object_add(ev, "t", json_object_new_string("leave"));
@@ -220,6 +224,7 @@ void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t 
     json_object_put(m->state);
     free(m);
     if (!room->members) {
+        dirty_unlist(hub, room);
         HASH_DEL(hub->rooms, room);
         free(room->name);
         free(room);
@@ -257,14 +262,98 @@ membership_t *hub_add_membership(stoa_hub_t *hub, stoa_session_t *s, const char 
     return m;
 }
 
+static void dirty_unlist(stoa_hub_t *hub, room_t *room)
+{
+    if (!room->dirty_listed)
+        return;
+    if (room->dirty_prev)
+        room->dirty_prev->dirty_next = room->dirty_next;
+    else
+        hub->dirty_rooms = room->dirty_next;
+    if (room->dirty_next)
+        room->dirty_next->dirty_prev = room->dirty_prev;
+    room->dirty_prev = room->dirty_next = NULL;
+    room->dirty_listed = false;
+}
+
+void hub_flush_room(stoa_hub_t *hub, room_t *room, int64_t now)
+{
+    membership_t *only = NULL;
+    json_object *peers = NULL;
+    stoa_msg_t *msg;
+
+    dirty_unlist(hub, room);
+    if (!room->ndirty)
+        return;
+    for (membership_t *m = room->members; m; m = m->hh_room.next) {
+        if (!m->dirty)
+            continue;
+        m->dirty = false;
+        if (room->ndirty == 1) {
+            only = m;
+            break;
+        }
+        if (!peers)
+            peers = json_object_new_array();
+        json_object *p = json_object_new_object();
+        json_object_object_add(p, "peer", json_object_new_string(m->sess->peer));
+        json_object_object_add(p, "state", json_object_get(m->state));
+        json_object_array_add(peers, p);
+    }
+    room->ndirty = 0;
+    room->last_flush_ms = now;
+    if (only) {   /* one peer changed: the plain message, not sent back to it */
+        msg = stoa_wire_presence(room->name, only->sess->peer, only->state);
+        hub_broadcast(room, only->sess, msg);
+    } else {      /* several: one message for all (each ignores its own entry) */
+        msg = stoa_wire_presence_batch(room->name, peers);
+        hub_broadcast(room, NULL, msg);
+        json_object_put(peers);
+    }
+    stoa_msg_unref(msg);
+}
+
 void hub_set_state(membership_t *m, json_object *state)
 {
-    stoa_msg_t *msg;
+    stoa_hub_t *hub = m->sess->hub;
+    room_t *room = m->room;
+    int tick = hub->cfg->presence_tick_ms;
+    int64_t now;
+
     json_object_put(m->state);
     m->state = state;
-    msg = stoa_wire_presence(m->room->name, m->sess->peer, m->state);
-    hub_broadcast(m->room, m->sess, msg);
-    stoa_msg_unref(msg);
+    if (!m->dirty) {
+        m->dirty = true;
+        room->ndirty++;
+    }
+    if (tick <= 0) {
+        hub_flush_room(hub, room, 0);
+        return;
+    }
+    now = stoa_now_ms();
+    if (now - room->last_flush_ms >= tick) {
+        hub_flush_room(hub, room, now);   /* a quiet room: at once */
+    } else if (!room->dirty_listed) {   /* a busy one: at the next tick */
+        room->dirty_next = hub->dirty_rooms;
+        room->dirty_prev = NULL;
+        if (hub->dirty_rooms)
+            hub->dirty_rooms->dirty_prev = room;
+        hub->dirty_rooms = room;
+        room->dirty_listed = true;
+    }
+}
+
+void stoa_hub_flush_presence(stoa_hub_t *hub, int64_t now_ms)
+{
+    int tick = hub->cfg->presence_tick_ms;
+    room_t *room, *next;
+    hub_lock(hub);
+    for (room = hub->dirty_rooms; room; room = next) {
+        next = room->dirty_next;
+        if (now_ms - room->last_flush_ms >= tick)
+            hub_flush_room(hub, room, now_ms);
+    }
+    hub_unlock(hub);
 }
 
 /* The client missed messages that are gone: tell it, then give it the
@@ -784,6 +873,8 @@ stoa_err_t stoa_hub_ephemeral(stoa_session_t *s, const char *room_name, json_obj
     m->last_seen_ms = stoa_now_ms();
     if (!stoa_bucket_take(&s->ephemeral_bucket, m->last_seen_ms))
         FAIL(STOA_ERR_RATE_LIMITED, "more than %g ephemeral messages a minute", hub->cfg->ephemeral_per_min);
+    if (m->room->ndirty)   /* presence sent before it goes out before it */
+        hub_flush_room(hub, m->room, stoa_now_ms());
     msg = stoa_wire_ephemeral(m->room->name, s->peer, s->user, data);
     hub_broadcast(m->room, s, msg);
     stoa_msg_unref(msg);
@@ -864,6 +955,8 @@ stoa_err_t stoa_hub_publish(stoa_hub_t *hub, const char *room_name, json_object 
     *delivered = 0;
     HASH_FIND_STR(hub->rooms, room_name, room);
     if (room) {
+        if (room->ndirty)
+            hub_flush_room(hub, room, stoa_now_ms());
         msg = stoa_wire_server_message(room_name, data);
         hub_broadcast(room, NULL, msg);
         stoa_msg_unref(msg);

@@ -25,6 +25,7 @@ struct membership {
     stoa_session_t *sess;
     json_object *state;          /* always an object */
     int64_t last_seen_ms;
+    bool dirty;                  /* state changed since the room's last presence flush */
     UT_hash_handle hh_room;      /* in room->members, keyed by sess->peer */
     UT_hash_handle hh_sess;      /* in sess->rooms, keyed by room->name */
 };
@@ -32,6 +33,13 @@ struct membership {
 struct room {
     char *name;
     membership_t *members;
+    /* Presence coalescing (presence_tick_ms): members with a changed state
+     * are flagged dirty, and the room is on the hub's dirty list until a
+     * flush sends one presence (or presence_batch) message for them. */
+    unsigned ndirty;
+    int64_t last_flush_ms;
+    room_t *dirty_prev, *dirty_next;
+    bool dirty_listed;
     UT_hash_handle hh;
 };
 
@@ -101,6 +109,7 @@ struct stoa_hub {
     char *instance;              /* this instance's id on the bus */
     bool bus_kick;
     unsigned snap_epoch;
+    room_t *dirty_rooms;         /* rooms with presence waiting for a flush */
 };
 
 /* Lock the hub; unlock it and then deliver the wakeups (and the bus kick)
@@ -124,6 +133,9 @@ void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t 
 /* Replace a member's state (ownership taken) and tell the room's other
  * local members (presence). */
 void hub_set_state(membership_t *m, json_object *state);
+/* Send the room's pending presence now (one message for every member
+ * whose state changed), so that what follows is not overtaken by it. */
+void hub_flush_room(stoa_hub_t *hub, room_t *room, int64_t now);
 void hub_close_locked(stoa_session_t *s, stoa_left_reason_t reason);
 void hub_resync(stoa_session_t *s, const char *reason);
 void hub_drop_buffer(stoa_session_t *s);

@@ -328,6 +328,8 @@ static bool apply_event(stoa_hub_t *hub, const char *origin, json_object *ev, js
             return missing;
         if (!(m = hub_find_membership(s, room)))
             return true;   /* it joined in an event we missed */
+        if (m->room->ndirty)
+            hub_flush_room(hub, m->room, stoa_now_ms());
         msg = stoa_wire_ephemeral(room, s->peer, s->user, v);
         hub_broadcast(m->room, s, msg);
         stoa_msg_unref(msg);
@@ -336,6 +338,8 @@ static bool apply_event(stoa_hub_t *hub, const char *origin, json_object *ev, js
             return false;
         HASH_FIND_STR(hub->rooms, room, r);
         if (r) {
+            if (r->ndirty)
+                hub_flush_room(hub, r, stoa_now_ms());
             msg = stoa_wire_server_message(room, v);
             hub_broadcast(r, NULL, msg);
             stoa_msg_unref(msg);

@@ -83,6 +83,14 @@ stoa_msg_t *stoa_wire_presence(const char *room, const char *peer, json_object *
     return finish(o);
 }
 
+stoa_msg_t *stoa_wire_presence_batch(const char *room, json_object *peers)
+{
+    json_object *o = start("presence_batch");
+    add_str(o, "room", room);
+    add_ref(o, "peers", peers);
+    return finish(o);
+}
+
 stoa_msg_t *stoa_wire_peer_left(const char *room, const char *peer, const char *reason)
 {
     json_object *o = start("peer_left");

@@ -569,7 +569,8 @@ function closeCodeName(code) {
  *  - 'welcome' (welcome, {transport}): a transport attached;
  *  - 'message' (msg, {seq, transport}): every numbered message, once, in order;
  *  - one event per message type, same arguments: 'room_state', 'peer_joined',
- *    'peer_left', 'presence', 'ephemeral', 'ack', 'pong', 'notice', 'resync',
+ *    'peer_left', 'presence', 'presence_batch' (also emitted as one
+ *    'presence' per peer), 'ephemeral', 'ack', 'pong', 'notice', 'resync',
  *    'error' (server errors, and errors from POST batches);
  *  - 'transport' (name, previous): the transport in use changed (name null: none);
  *  - 'transport_error' (name, error): an attempt at a transport failed;
@@ -871,6 +872,17 @@ export class StoaClient extends Emitter {
         p.state = m.state ?? {};
         break;
       }
+      case 'presence_batch': {
+        let changed = false;
+        for (const e of m.peers ?? []) {
+          const p = store.get(e.peer);
+          if (!p || e.peer === this.peer) continue;
+          p.state = e.state ?? {};
+          changed = true;
+        }
+        if (!changed) return;
+        break;
+      }
       case 'peer_left':
         if (m.peer === this.peer) store.clear();
         else if (!store.delete(m.peer)) return;
@@ -1163,6 +1175,13 @@ export class StoaClient extends Emitter {
     }
     this._track(m);
     this.emit(m.type, m, meta);
+    if (m.type === 'presence_batch') {
+      // Several peers' changes coalesced by the server: also one
+      // 'presence' event per peer (mine left out), as if sent one by one.
+      for (const e of m.peers ?? []) {
+        if (e.peer !== this.peer) this.emit('presence', { type: 'presence', room: m.room, peer: e.peer, state: e.state }, meta);
+      }
+    }
     this.emit('message', m, meta);
   }
 

@@ -53,6 +53,7 @@ typedef struct stoa_config {
     int session_buffer_age_s;
     int session_grace_ms;
     double presence_rate;       /* per second */
+    int presence_tick_ms;       /* presence coalescing; 0: relay each change at once */
     int presence_burst;
     double ephemeral_per_min;
     int ephemeral_burst;

@@ -160,6 +160,12 @@ void *stoa_session_conn(stoa_session_t *sess, const stoa_transport_ops_t *ops);
  * than session_buffer_age_s. Call about every 250 ms from any thread. */
 void stoa_hub_tick(stoa_hub_t *hub, int64_t now_ms);
 
+/* Send the presence changes that waited for the coalescing tick
+ * (presence_tick_ms): one message per room, for every member whose state
+ * changed since the room's last flush. Call every presence_tick_ms from
+ * any thread. */
+void stoa_hub_flush_presence(stoa_hub_t *hub, int64_t now_ms);
+
 /* {"room":..., "peers":[{"peer","user","state"}...]} as JSON text owned by
  * the caller (free()); a room nobody is in has no peers. */
 char *stoa_hub_room_json(stoa_hub_t *hub, const char *room);

@@ -24,6 +24,9 @@ stoa_msg_t *stoa_wire_welcome(const char *peer, const char *session, json_object
 stoa_msg_t *stoa_wire_room_state(const char *room, json_object *peers, json_object *id);
 stoa_msg_t *stoa_wire_peer_joined(const char *room, const char *peer, json_object *user, json_object *state);
 stoa_msg_t *stoa_wire_presence(const char *room, const char *peer, json_object *state);
+/* Several peers' presence in one message: peers is [{"peer","state"}...]
+ * (a reference is taken). */
+stoa_msg_t *stoa_wire_presence_batch(const char *room, json_object *peers);
 stoa_msg_t *stoa_wire_peer_left(const char *room, const char *peer, const char *reason);
 stoa_msg_t *stoa_wire_ephemeral(const char *room, const char *from, json_object *user, json_object *data);
 /* A message from the application's backend (integrator API) to a room. */

@@ -57,7 +57,7 @@ describe('stoa', () => {
     assert.equal(r.code, 0);
     const settings = {
       listen: '127.0.0.1:8080', jwt_alg: 'HS256', max_state_bytes: '2048', heartbeat_timeout_s: '75',
-      heartbeat_interval_s: '30', presence_rate: '20', presence_burst: '5', max_message_bytes: '65536',
+      heartbeat_interval_s: '30', presence_rate: '60', presence_burst: '30', presence_tick_ms: '50', max_message_bytes: '65536',
       max_rooms_per_conn: '32', max_peers_per_room: '256', session_buffer_msgs: '1024', session_grace_ms: '10000', jwt_leeway_s: '30',
       allow_anonymous: 'true', token_cookie: 'stoa_token', handshake_timeout_ms: '5000',
     };

@@ -407,6 +407,21 @@ describe('docs/protocol.md', () => {
           b.send({ type: 'presence', room: ex.room, state: ex.state });
           return a.next('presence');
         },
+        async presence_batch(ex) {
+          // Two peers change within one tick (after a first change that
+          // went out at once): the room's next message is one batch.
+          const a = await client({ token: rwToken });
+          await a.join(ex.room);
+          const b = await client({ token: rwToken });
+          await b.join(ex.room);
+          const c = await client({ token: rwToken });
+          await c.join(ex.room);
+          b.send({ type: 'presence', room: ex.room, state: {} });
+          await a.next('presence');
+          b.send({ type: 'presence', room: ex.room, state: ex.peers[0].state });
+          c.send({ type: 'presence', room: ex.room, state: ex.peers[1].state });
+          return a.next('presence_batch');
+        },
         async ephemeral(ex) {
           const a = await client({ token: rwToken });
           await a.join(ex.room);

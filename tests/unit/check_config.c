@@ -103,8 +103,9 @@ START_TEST(test_defaults)
     ck_assert_int_eq(cfg->session_buffer_bytes, 4194304);
     ck_assert_int_eq(cfg->session_buffer_age_s, 1800);
     ck_assert_int_eq(cfg->session_grace_ms, 10000);
-    ck_assert_double_eq(cfg->presence_rate, 20.0);
-    ck_assert_int_eq(cfg->presence_burst, 5);
+    ck_assert_double_eq(cfg->presence_rate, 60.0);
+    ck_assert_int_eq(cfg->presence_burst, 30);
+    ck_assert_int_eq(cfg->presence_tick_ms, 50);
     ck_assert_double_eq(cfg->ephemeral_per_min, 600.0);
     ck_assert_int_eq(cfg->ephemeral_burst, 30);
     ck_assert_double_eq(cfg->join_rate, 10.0);

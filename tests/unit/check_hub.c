@@ -54,6 +54,11 @@ static char why[256];
 static void setup(void)
 {
     cfg = stoa_config_new();
+    /* These tests check relay one change at a time, at the rates they were
+     * written for; presence coalescing has its own tests (check_hub.c). */
+    cfg->presence_tick_ms = 0;
+    cfg->presence_rate = 20;
+    cfg->presence_burst = 5;
     hub = stoa_hub_new(cfg);
     memset(peers, 0, sizeof peers);
     npeers = 0;
@@ -1198,6 +1203,96 @@ START_TEST(test_free_does_not_wake_gone_transports)
 }
 END_TEST
 
+/* ---- presence coalescing (presence_tick_ms) ---- */
+
+/* The state.n of who's entry in a presence_batch (-1 when absent). */
+static int64_t batch_n(json_object *o, peer_t *who)
+{
+    json_object *list = NULL;
+    ck_assert(json_object_object_get_ex(o, "peers", &list));
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
+        json_object *e = json_object_array_get_idx(list, i);
+        if (strcmp(str_field(e, "peer"), peer_id(who)) == 0)
+            return int_field(obj_field(e, "state", json_type_object), "n");
+    }
+    return -1;
+}
+
+START_TEST(test_presence_coalesced)
+{
+    peer_t *a, *b, *c;
+    int64_t t;
+    json_object *o;
+    cfg->presence_rate = 1000;
+    cfg->presence_burst = 100;
+    three_in_doc1(&a, &b, &c, NULL);
+    cfg->presence_tick_ms = 1000;   /* long: nothing here depends on timing */
+
+    /* A quiet room relays at once. */
+    presence_n(a, "doc:1", 1);
+    expect_presence_n(b, 1);
+    expect_presence_n(c, 1);
+    expect_empty(a);
+    /* Within the tick, changes wait and merge: one message with the last. */
+    presence_n(a, "doc:1", 2);
+    presence_n(a, "doc:1", 3);
+    expect_empty(b);
+    stoa_hub_flush_presence(hub, stoa_now_ms());   /* the tick is not over */
+    expect_empty(b);
+    t = stoa_now_ms() + 1000;
+    stoa_hub_flush_presence(hub, t);
+    expect_presence_n(b, 3);
+    expect_presence_n(c, 3);
+    expect_empty(b);
+    expect_empty(a);
+
+    /* Two peers changed in one tick: one presence_batch for everyone. */
+    presence_n(a, "doc:1", 4);
+    presence_n(b, "doc:1", 5);
+    expect_empty(c);
+    stoa_hub_flush_presence(hub, t + 1000);
+    for (int i = 0; i < 3; i++) {
+        peer_t *p = i == 0 ? a : i == 1 ? b : c;
+        o = expect_msg(p, "presence_batch");
+        ck_assert_str_eq(str_field(o, "room"), "doc:1");
+        ck_assert_int_eq(batch_n(o, a), 4);
+        ck_assert_int_eq(batch_n(o, b), 5);
+        ck_assert_int_eq(batch_n(o, c), -1);
+        json_object_put(o);
+        expect_empty(p);
+    }
+
+    /* An ephemeral message never overtakes presence sent before it. */
+    presence_n(a, "doc:1", 6);
+    {
+        json_object *data = json_tokener_parse("{\"x\":1}");
+        ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
+        json_object_put(data);
+    }
+    expect_presence_n(b, 6);
+    json_object_put(expect_msg(b, "ephemeral"));
+    drain_all();
+
+    /* A member that leaves with a change pending: the change goes with it. */
+    presence_n(b, "doc:1", 7);
+    ck_assert_int_eq(stoa_hub_leave(b->s, "doc:1", NULL, why, sizeof why), STOA_OK);
+    expect_left(a, "doc:1", b, "leave");
+    stoa_hub_flush_presence(hub, t + 5000);
+    expect_empty(a);
+    presence_n(c, "doc:1", 8);   /* the count stayed right: a single change is a plain presence */
+    stoa_hub_flush_presence(hub, t + 10000);
+    expect_presence_n(a, 8);
+
+    /* A room freed while on the dirty list (ASan watches). */
+    join_ok(a, "doc:2", NULL);
+    presence_n(a, "doc:2", 1);
+    presence_n(a, "doc:2", 2);
+    ck_assert_int_eq(stoa_hub_leave(a->s, "doc:2", NULL, why, sizeof why), STOA_OK);
+    stoa_hub_flush_presence(hub, t + 20000);
+    drain_all();
+}
+END_TEST
+
 static Suite *hub_suite(void)
 {
     Suite *s = suite_create("hub");
@@ -1205,6 +1300,7 @@ static Suite *hub_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, test_welcome);
+    tcase_add_test(tc, test_presence_coalesced);
     tcase_add_test(tc, test_peer_ids_unique);
     tcase_add_test(tc, test_three_sessions);
     tcase_add_test(tc, test_presence_relay);

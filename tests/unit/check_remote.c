@@ -169,6 +169,11 @@ static char why[256];
 static void setup(void)
 {
     cfg = stoa_config_new();
+    /* These tests check relay one change at a time, at the rates they were
+     * written for; presence coalescing has its own tests (check_hub.c). */
+    cfg->presence_tick_ms = 0;
+    cfg->presence_rate = 20;
+    cfg->presence_burst = 5;
     hub = stoa_hub_new(cfg);
     hub_b = NULL;
     bus_reset(&bus_a, "bus A");
