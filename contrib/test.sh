@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what is missing, then build and test Stoa three ways:
-#   gcc, warnings as errors: unit tests (Check) and black-box tests (Node)
+#   gcc, warnings as errors: unit tests (Check), black-box tests (Node) and
+#     browser tests of the demo page (headless Chromium)
 #   clang, warnings as errors: unit tests
 #   gcc with ASan+UBSan: unit tests and black-box tests
 # Ends with one line "stoa: N passed, M failed".
@@ -62,12 +63,23 @@ integration() {   # dir
   add $(count_node "$log/node.txt")
 }
 
+browser() {   # dir
+  echo "== browser tests ($1)"
+  # The demo page in headless Chromium; screenshots go to tests/artifacts/
+  # (or $STOA_ARTIFACTS). Bounded like the black-box tests.
+  (cd tests && STOA_BIN="$root/$1/stoa" timeout -k 10 600 node --test --test-concurrency=1 --test-timeout=120000 \
+    browser/) 2>&1 | tee "$log/browser.txt"
+  [ "${PIPESTATUS[0]}" -ne 124 ] || echo "browser tests timed out after 10 minutes" | tee -a "$log/browser.txt"
+  add $(count_node "$log/browser.txt")
+}
+
 echo "== npm ci (tests/)"
 (cd tests && npm ci --no-audit --no-fund --loglevel=error) || { echo "stoa: npm ci failed"; exit 1; }
 
 if build build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=gcc; then
   unit build
   integration build
+  browser build
 else
   echo "gcc build failed"; add 0 1
 fi

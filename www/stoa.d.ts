@@ -64,6 +64,8 @@ export interface ClientOptions {
   presenceIntervalMs?: number;
   /** Hold presence while the page is hidden (default true). */
   pauseWhenHidden?: boolean;
+  /** In a browser, end the session on pagehide (default true). */
+  leaveOnPageHide?: boolean;
 }
 
 /** A message from the server (see docs/protocol.md for every type). */

@@ -61,6 +61,9 @@ const DEFAULTS = Object.freeze({
   presenceIntervalMs: 16,
   /** Hold presence updates while the page is hidden; send the fresh state when shown. */
   pauseWhenHidden: true,
+  /** In a browser, end the session when the page goes away (pagehide), so
+   * its peers see it leave at once (SSE and long-poll have no close frame). */
+  leaveOnPageHide: true,
 });
 
 /** An error with a Stoa error code (`SESSION_NOT_FOUND`, `AUTH_FAILED`, ...). */
@@ -650,6 +653,20 @@ export class StoaClient extends Emitter {
       };
       document.addEventListener('visibilitychange', this._onVisibility);
     }
+    this._onPageHide = null;
+    if (this.options.leaveOnPageHide && typeof window !== 'undefined' && window.addEventListener) {
+      // A page being unloaded (or put in the back-forward cache) cannot
+      // wait for anything: a keepalive DELETE outlives it. A page restored
+      // from the cache finds its session gone and starts a new one.
+      this._onPageHide = () => {
+        if (!this.session || this._closed) return;
+        try {
+          this._fetch(this._sessionUrl(), { method: 'DELETE', keepalive: true,
+            credentials: this.options.credentials }).catch(() => {});
+        } catch { /* best effort */ }
+      };
+      window.addEventListener('pagehide', this._onPageHide);
+    }
   }
 
   // ---- public API ----
@@ -778,6 +795,7 @@ export class StoaClient extends Emitter {
     clearTimeout(this._presenceTimer);
     if (this._presenceFrame !== null && typeof cancelAnimationFrame === 'function') cancelAnimationFrame(this._presenceFrame);
     if (this._onVisibility) document.removeEventListener('visibilitychange', this._onVisibility);
+    if (this._onPageHide) window.removeEventListener('pagehide', this._onPageHide);
     clearInterval(this._upgradeTimer);
     clearInterval(this._heartbeatTimer);
     const conn = this._conn;
