@@ -14,6 +14,14 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <uthash.h>
+/* Most tables here are small (a session's rooms, a room's members): start
+ * them with 4 buckets instead of uthash's 32 (they grow as needed). The
+ * macros are read where a table is made, so redefining them here is
+ * enough. */
+#undef HASH_INITIAL_NUM_BUCKETS
+#undef HASH_INITIAL_NUM_BUCKETS_LOG2
+#define HASH_INITIAL_NUM_BUCKETS 4U
+#define HASH_INITIAL_NUM_BUCKETS_LOG2 2U
 
 #define STOA_PEER_ID_LEN 12
 
@@ -110,6 +118,8 @@ struct stoa_hub {
     bool bus_kick;
     unsigned snap_epoch;
     room_t *dirty_rooms;         /* rooms with presence waiting for a flush */
+    json_object *empty_state;    /* {} shared by every member without a state
+                                  * (states are replaced, never changed in place) */
 };
 
 /* Lock the hub; unlock it and then deliver the wakeups (and the bus kick)

@@ -190,7 +190,9 @@ enum MHD_Result stoa_sse_open(call_t *c)
     }
     x->last_write_ms = stoa_now_ms();
     /* A small block: each stream holds one, and messages are small. */
-    r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, x, sse_free);
+    /* The block is MHD's per-stream write buffer: small, since sse_read
+     * carries any longer event over to the next call. */
+    r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 1024, sse_read, x, sse_free);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache, no-store, no-transform");
     MHD_add_response_header(r, "X-Accel-Buffering", "no");

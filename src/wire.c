@@ -1,5 +1,9 @@
 /* wire.c - server-to-client message encoders. */
 #include "stoa/wire.h"
+#include "stoa/util.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 static json_object *start(const char *type)
 {
@@ -149,4 +153,28 @@ stoa_msg_t *stoa_wire_pong(json_object *id)
     json_object *o = start("pong");
     add_id(o, id);
     return finish(o);
+}
+
+/* The text a frozen object stands for, kept in its userdata. */
+static int frozen_serialize(json_object *jso, struct printbuf *pb, int level, int flags)
+{
+    const char *text = json_object_get_userdata(jso);
+    (void)level;
+    (void)flags;
+    return printbuf_memappend(pb, text, (int)strlen(text));
+}
+
+static void frozen_free(json_object *jso, void *userdata)
+{
+    (void)jso;
+    free(userdata);
+}
+
+json_object *stoa_wire_frozen(json_object *obj)
+{
+    char *text = stoa_xstrdup(json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN));
+    json_object *f = json_object_new_int(0);
+    json_object_put(obj);
+    json_object_set_serializer(f, frozen_serialize, text, frozen_free);
+    return f;
 }

@@ -358,7 +358,10 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 
 static const struct lws_protocols protocols[] = {
     /* First: a client that names no subprotocol is bound to protocols[0]. */
-    {"stoa.v1", callback, sizeof(conn_t), 0, 0, NULL, 0},
+    /* rx_buffer_size: lws gives each connection a receive buffer this large
+     * (default 4 KiB); client messages are small, and callback() reassembles
+     * larger ones, so a small one saves memory per idle connection. */
+    {"stoa.v1", callback, sizeof(conn_t), 256, 0, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
