@@ -62,7 +62,7 @@ static const setting_t settings[] = {
     I(presence_burst, "30", 1, 100000, "presence updates allowed in a burst"),
     I(presence_tick_ms, "50", 0, 1000, "presence coalescing: a room sends its peers at most one presence message per tick, ms (0: each change at once)"),
     D(ephemeral_per_min, "600", 1, 6000000, "ephemeral messages per minute per connection"),
-    I(ephemeral_burst, "30", 1, 100000, "ephemeral messages allowed in a burst"),
+    I(ephemeral_burst, "30", 1, 10000000, "ephemeral messages allowed in a burst"),
     D(join_rate, "10", 0.1, 100000, "joins and leaves per second per connection"),
     I(join_burst, "40", 1, 100000, "joins and leaves allowed in a burst"),
     I(sse_heartbeat_s, "15", 1, 3600, "interval of the comment heartbeat on an idle SSE stream, seconds"),
