@@ -72,16 +72,21 @@ static const stoa_transport_ops_t ws_ops = {
 static void ws_wake(void *transport, stoa_session_t *sess, void *conn)
 {
     stoa_ws_t *ws = transport;
+    bool first;
     pthread_mutex_lock(&ws->mu);
     if (ws->nwake == ws->capwake) {
         ws->capwake = ws->capwake ? ws->capwake * 2 : 64;
         ws->wake_q = stoa_xrealloc(ws->wake_q, ws->capwake * sizeof *ws->wake_q);
     }
+    first = ws->nwake == 0;
     ws->wake_q[ws->nwake++] = (pending_wake_t){stoa_session_ref(sess), conn};
     pthread_mutex_unlock(&ws->mu);
-    /* Once stopping, the context is being destroyed on this very thread
-     * (stoa_ws_free); the queue is then dropped there. */
-    if (!atomic_load(&ws->stop))
+    /* The service thread drains the whole queue once woken: only the push
+     * that made it non-empty needs to wake it (one write to lws's pipe per
+     * batch, not one per recipient). Once stopping, the context is being
+     * destroyed on this very thread (stoa_ws_free); the queue is then
+     * dropped there. */
+    if (first && !atomic_load(&ws->stop))
         lws_cancel_service(ws->ctx);
 }
 
