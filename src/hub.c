@@ -637,6 +637,11 @@ void stoa_hub_send(stoa_session_t *s, stoa_msg_t *msg)
 
 stoa_msg_t *stoa_session_next(stoa_session_t *s, void *conn, uint64_t *seq, bool *gone)
 {
+    return stoa_session_next_more(s, conn, seq, gone, NULL);
+}
+
+stoa_msg_t *stoa_session_next_more(stoa_session_t *s, void *conn, uint64_t *seq, bool *gone, bool *more)
+{
     stoa_msg_t *msg = NULL;
     hub_lock(s->hub);
     if (gone)
@@ -652,6 +657,8 @@ stoa_msg_t *stoa_session_next(stoa_session_t *s, void *conn, uint64_t *seq, bool
                 *seq = e->seq;
         }
     }
+    if (more)
+        *more = s->open && s->ops && s->conn == conn && s->cursor + 1 < s->next_seq;
     hub_unlock(s->hub);
     return msg;
 }

@@ -274,7 +274,7 @@ static int write_msg(struct lws *wsi, stoa_msg_t *msg)
 static int on_writable(conn_t *c, struct lws *wsi)
 {
     stoa_msg_t *msg;
-    bool gone;
+    bool gone, more = true;
     if (c->last_words) {
         msg = c->last_words;
         c->last_words = NULL;
@@ -288,7 +288,7 @@ static int on_writable(conn_t *c, struct lws *wsi)
         msg = c->hello;
         c->hello = NULL;
     } else {
-        msg = stoa_session_next(c->sess, c, NULL, &gone);
+        msg = stoa_session_next_more(c->sess, c, NULL, &gone, &more);
     }
     if (!msg) {
         if (gone) {   /* another connection took the session over, or it ended */
@@ -305,7 +305,11 @@ static int on_writable(conn_t *c, struct lws *wsi)
     }
     if (write_msg(wsi, msg) < 0)
         return -1;
-    lws_callback_on_writable(wsi);   /* maybe more: the next call finds out */
+    /* More waiting (or the hello went first): be called again. Otherwise
+     * the next wake asks. A session closed meanwhile shows as "no more"
+     * here but wakes this connection, which then finds it gone. */
+    if (more || c->going_away)
+        lws_callback_on_writable(wsi);
     return 0;
 }
 

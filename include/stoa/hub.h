@@ -147,6 +147,9 @@ void stoa_hub_send(stoa_session_t *sess, stoa_msg_t *msg);
  * nothing more, or when conn is not (or no longer) the session's
  * connection, which *gone (if not NULL) then reports. */
 stoa_msg_t *stoa_session_next(stoa_session_t *sess, void *conn, uint64_t *seq, bool *gone);
+/* The same, and whether more messages are waiting after it (in *more), so
+ * that a transport asks to be called again only when there are. */
+stoa_msg_t *stoa_session_next_more(stoa_session_t *sess, void *conn, uint64_t *seq, bool *gone, bool *more);
 /* The delivery cursor: the last seq handed to a connection. */
 uint64_t stoa_session_delivered(stoa_session_t *sess);
 /* The client has everything up to seq: the buffer may drop it. */
