@@ -513,13 +513,21 @@ static void finish_query(stoa_bus_t *bus, int64_t now)
 
 /* ---- connection ---- */
 
+/* Whether a blocking statement succeeded (res is cleared); its error in err. */
+static bool command_ok(PGresult *res, char *err, size_t errlen)
+{
+    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        printable(PQresultErrorMessage(res), err, errlen);
+    PQclear(res);
+    return ok;
+}
+
 static bool setup(stoa_bus_t *bus, stoa_db_t *db, char *err, size_t errlen)
 {
     PGconn *c = stoa_db_pgconn(db);
     char info[256], host[128] = "";
     const char *values[2] = {bus->instance, info};
-    PGresult *res;
-    bool ok;
 
     gethostname(host, sizeof host - 1);
     for (char *p = host; *p; p++)
@@ -527,19 +535,8 @@ static bool setup(stoa_bus_t *bus, stoa_db_t *db, char *err, size_t errlen)
             *p = '_';
     snprintf(info, sizeof info, "{\"version\":\"%s\",\"host\":\"%s\",\"listen\":\"%s\",\"pid\":%ld}", STOA_VERSION,
              host, bus->cfg->listen, (long)getpid());
-    res = PQexec(c, "LISTEN " STOA_BUS_CHANNEL);
-    ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok)
-        printable(PQresultErrorMessage(res), err, errlen);
-    PQclear(res);
-    if (!ok)
-        return false;
-    res = PQexecParams(c, REGISTER_SQL, 2, NULL, values, NULL, NULL, 0);
-    ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok)
-        printable(PQresultErrorMessage(res), err, errlen);
-    PQclear(res);
-    if (!ok)
+    if (!command_ok(PQexec(c, "LISTEN " STOA_BUS_CHANNEL), err, errlen) ||
+        !command_ok(PQexecParams(c, REGISTER_SQL, 2, NULL, values, NULL, NULL, 0), err, errlen))
         return false;
     if (PQsetnonblocking(c, 1) != 0) {
         snprintf(err, errlen, "cannot make the connection non-blocking");
