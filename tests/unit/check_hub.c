@@ -14,65 +14,30 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "hub_fixture.h"
-
 #define MAX_PEERS 8
 /* Past heartbeat_timeout_s (75 s by default), but well within
  * session_buffer_age_s (1800 s), so eviction notices stay buffered. */
 #define AFTER_TIMEOUT_MS (80LL * 1000)
 
-/* ---- fake transport ---- */
+#include "peer_fixture.h"   /* peer_t, the fake transport, the queue readers */
 
-/* One peer: its session, and the fake transport connection attached to
- * it (the peer struct is both the transport and the conn). */
-typedef struct peer {
-    stoa_session_t *s;
-    const char *name;
-    int wakes;
-    stoa_session_t *woken;
-    void *woken_conn;
-    uint64_t seq;                /* the last seq delivered */
-} peer_t;
-
-static void fake_wake(void *transport, stoa_session_t *sess, void *conn)
-{
-    peer_t *p = transport;
-    p->wakes++;
-    p->woken = sess;
-    p->woken_conn = conn;
-}
-
-static const stoa_transport_ops_t fake_ops = {.name = "fake", .wake = fake_wake};
+/* A second transport, with the same wake function. */
 static const stoa_transport_ops_t other_ops = {.name = "other", .wake = fake_wake};
 
 /* ---- fixture ---- */
 
-static peer_t peers[MAX_PEERS];
-static int npeers;
 static char why[256];
 
 static void setup(void)
 {
-    cfg = stoa_config_new();
-    /* These tests check relay one change at a time, at the rates they were
-     * written for; presence coalescing has its own tests (check_hub.c). */
-    cfg->presence_tick_ms = 0;
-    cfg->presence_rate = 20;
-    cfg->presence_burst = 5;
-    hub = stoa_hub_new(cfg);
-    memset(peers, 0, sizeof peers);
-    npeers = 0;
+    fixture_hub_setup();
+    peers_reset();
     why[0] = '\0';
 }
 
 static void teardown(void)
 {
-    for (int i = 0; i < npeers; i++) {
-        if (peers[i].s) {
-            stoa_hub_close(peers[i].s, STOA_LEFT_DISCONNECT);
-            stoa_session_unref(peers[i].s);
-        }
-    }
+    peers_close();
     stoa_hub_free(hub);
     stoa_config_free(cfg);
 }
@@ -84,78 +49,11 @@ static stoa_identity_t *make_ident(const char *sub, const char *rights)
 
 /* ---- reading the queue ---- */
 
-static json_object *parse_msg(stoa_msg_t *m)
-{
-    json_object *o = json_tokener_parse(stoa_msg_text(m));
-    ck_assert_msg(o != NULL, "message is not JSON: %s", stoa_msg_text(m));
-    ck_assert_uint_eq(strlen(stoa_msg_text(m)), stoa_msg_len(m));
-    return o;
-}
-
-/* The next message for p's connection (NULL when there is none), which
- * must still be attached; seqs must run on from the last one delivered. */
-static stoa_msg_t *next_msg(peer_t *p)
-{
-    uint64_t seq = 0;
-    bool gone = true;
-    stoa_msg_t *m = stoa_session_next(p->s, p, &seq, &gone);
-    ck_assert_msg(!gone, "%s: the connection is no longer the session's", p->name);
-    if (m) {
-        ck_assert_msg(seq == p->seq + 1, "%s: seq %llu after %llu", p->name, (unsigned long long)seq,
-                      (unsigned long long)p->seq);
-        p->seq = seq;
-    }
-    return m;
-}
-
-/* The next message, which must be of `type`; returns it parsed (the
- * caller puts it). */
-static json_object *expect_msg(peer_t *p, const char *type)
-{
-    stoa_msg_t *m = next_msg(p);
-    json_object *o;
-    ck_assert_msg(m != NULL, "%s: queue empty, expected %s", p->name, type);
-    o = parse_msg(m);
-    stoa_msg_unref(m);
-    ck_assert_msg(strcmp(str_field(o, "type"), type) == 0, "%s: expected %s, got %s", p->name, type,
-                  json_object_to_json_string(o));
-    return o;
-}
-
-static void expect_empty(peer_t *p)
-{
-    stoa_msg_t *m = next_msg(p);
-    ck_assert_msg(m == NULL, "%s: expected an empty queue, got %s", p->name, m ? stoa_msg_text(m) : "");
-}
-
-/* p's connection is no longer the session's (superseded, or closed). */
-static void expect_gone(peer_t *p)
-{
-    uint64_t seq = 12345;
-    bool gone = false;
-    stoa_msg_t *m = stoa_session_next(p->s, p, &seq, &gone);
-    ck_assert_msg(m == NULL, "%s: expected nothing, got %s", p->name, m ? stoa_msg_text(m) : "");
-    ck_assert_msg(gone, "%s: expected gone", p->name);
-    ck_assert_uint_eq(seq, 12345);   /* untouched */
-}
-
-static void drain(peer_t *p)
-{
-    stoa_msg_t *m;
-    while ((m = next_msg(p)))
-        stoa_msg_unref(m);
-}
-
 static void drain_all(void)
 {
     for (int i = 0; i < npeers; i++)
         if (peers[i].s)
             drain(&peers[i]);
-}
-
-static const char *peer_id(peer_t *p)
-{
-    return stoa_session_peer(p->s);
 }
 
 /* Check a welcome message (and drop it). */
@@ -175,11 +73,8 @@ static void check_welcome(peer_t *p, stoa_msg_t *m)
 
 static peer_t *open_ident(const char *name, stoa_identity_t *ident)
 {
-    peer_t *p;
+    peer_t *p = new_peer(name);
     stoa_msg_t *w = NULL;
-    ck_assert_int_lt(npeers, MAX_PEERS);
-    p = &peers[npeers++];
-    p->name = name;
     p->s = stoa_hub_open(hub, ident, &fake_ops, p, p, &w);
     ck_assert_ptr_nonnull(p->s);
     check_welcome(p, w);
@@ -259,11 +154,10 @@ static void three_in_doc1(peer_t **a, peer_t **b, peer_t **c, const char *a_stat
 
 START_TEST(test_welcome)
 {
-    peer_t *p = &peers[npeers++];
+    peer_t *p = new_peer("ada");
     stoa_msg_t *m = NULL;
     json_object *o, *user, *limits;
     const char *id, *sid;
-    p->name = "ada";
     p->s = stoa_hub_open(hub, make_ident("ada", "{\"*\":\"r\"}"), &fake_ops, p, p, &m);
     ck_assert_ptr_nonnull(p->s);
     ck_assert_ptr_nonnull(m);
@@ -1132,8 +1026,7 @@ START_TEST(test_anonymous_identity_session)
     auth = stoa_auth_new(cfg, err, sizeof err);
     ck_assert_msg(auth != NULL, "%s", err);
 
-    p = &peers[npeers++];
-    p->name = "anon";
+    p = new_peer("anon");
     p->s = stoa_hub_open(hub, stoa_auth_anonymous(auth), &fake_ops, p, p, &m);
     stoa_auth_free(auth);
     ck_assert_ptr_nonnull(m);

@@ -3,8 +3,9 @@
  * API of hub.h only.
  *
  * A fake bus records every event the hub emits (as text, parsed with
- * json-c to check it) and counts its kicks. A fake transport, as in
- * check_hub.c, lets the tests read what each local session is sent.
+ * json-c to check it) and counts its kicks. A fake transport, shared with
+ * check_hub.c (peer_fixture.h), lets the tests read what each local
+ * session is sent.
  * Events "from another instance" are either written by hand (remote
  * records and events) or taken from a second hub's fake bus: hub A (the
  * fixture's `hub`) and hub B (`hub_b`) play two instances of one cluster.
@@ -22,10 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "hub_fixture.h"
-
 #define MAX_PEERS 12
 #define MAX_EVENTS 256
+
+#include "peer_fixture.h"   /* peer_t, the fake transport, the queue readers */
 
 /* Instance ids (12 characters, like the bus's). */
 #define INST_A "instaaaaaaaa"   /* hub A, the fixture's hub */
@@ -122,76 +123,48 @@ static void bus_skip(fake_bus_t *b)
 
 /* ---- JSON written with single quotes ---- */
 
+/* Format fmt into buf (which it must fit), then turn each ' into ". */
+static void format_quoted(char *buf, size_t size, const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
+static void format_quoted(char *buf, size_t size, const char *fmt, va_list ap)
+{
+    int n = vsnprintf(buf, size, fmt, ap);
+    ck_assert_int_lt(n, (int)size);
+    for (char *p = buf; *p; p++)
+        if (*p == '\'')
+            *p = '"';
+}
+
 /* Parse printf-formatted JSON in which ' stands for " (a new object). */
 static json_object *J(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static json_object *J(const char *fmt, ...)
 {
     char buf[4096];
     va_list ap;
-    int n;
     va_start(ap, fmt);
-    n = vsnprintf(buf, sizeof buf, fmt, ap);
+    format_quoted(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    ck_assert_int_lt(n, (int)sizeof buf);
-    for (char *p = buf; *p; p++)
-        if (*p == '\'')
-            *p = '"';
     return parse_text(buf);
 }
-
-/* ---- fake transport ---- */
-
-typedef struct peer {
-    stoa_session_t *s;
-    const char *name;
-    int wakes;
-    stoa_session_t *woken;
-    uint64_t seq;                /* the last seq delivered */
-} peer_t;
-
-static void fake_wake(void *transport, stoa_session_t *sess, void *conn)
-{
-    peer_t *p = transport;
-    ck_assert_ptr_eq(transport, conn);
-    p->wakes++;
-    p->woken = sess;
-}
-
-static const stoa_transport_ops_t fake_ops = {.name = "fake", .wake = fake_wake};
 
 /* ---- fixture ---- */
 
 static stoa_hub_t *hub_b;
-static peer_t peers[MAX_PEERS];
-static int npeers;
 static char why[256];
 
 static void setup(void)
 {
-    cfg = stoa_config_new();
-    /* These tests check relay one change at a time, at the rates they were
-     * written for; presence coalescing has its own tests (check_hub.c). */
-    cfg->presence_tick_ms = 0;
-    cfg->presence_rate = 20;
-    cfg->presence_burst = 5;
-    hub = stoa_hub_new(cfg);
+    fixture_hub_setup();
     hub_b = NULL;
     bus_reset(&bus_a, "bus A");
     bus_reset(&bus_b, "bus B");
     stoa_hub_set_bus(hub, &fake_bus_ops, &bus_a, INST_A);
-    memset(peers, 0, sizeof peers);
-    npeers = 0;
+    peers_reset();
     why[0] = '\0';
 }
 
 static void teardown(void)
 {
-    for (int i = 0; i < npeers; i++) {
-        if (peers[i].s) {
-            stoa_hub_close(peers[i].s, STOA_LEFT_DISCONNECT);
-            stoa_session_unref(peers[i].s);
-        }
-    }
+    peers_close();
     stoa_hub_free(hub);
     if (hub_b)
         stoa_hub_free(hub_b);
@@ -208,75 +181,6 @@ static void start_hub_b(void)
 }
 
 /* ---- local sessions ---- */
-
-static json_object *parse_msg(stoa_msg_t *m)
-{
-    json_object *o = json_tokener_parse(stoa_msg_text(m));
-    ck_assert_msg(o != NULL, "message is not JSON: %s", stoa_msg_text(m));
-    return o;
-}
-
-static stoa_msg_t *next_msg(peer_t *p)
-{
-    uint64_t seq = 0;
-    bool gone = true;
-    stoa_msg_t *m = stoa_session_next(p->s, p, &seq, &gone);
-    ck_assert_msg(!gone, "%s: the connection is no longer the session's", p->name);
-    if (m) {
-        ck_assert_msg(seq == p->seq + 1, "%s: seq %llu after %llu", p->name, (unsigned long long)seq,
-                      (unsigned long long)p->seq);
-        p->seq = seq;
-    }
-    return m;
-}
-
-static json_object *expect_msg(peer_t *p, const char *type)
-{
-    stoa_msg_t *m = next_msg(p);
-    json_object *o;
-    ck_assert_msg(m != NULL, "%s: queue empty, expected %s", p->name, type);
-    o = parse_msg(m);
-    stoa_msg_unref(m);
-    ck_assert_msg(strcmp(str_field(o, "type"), type) == 0, "%s: expected %s, got %s", p->name, type,
-                  json_object_to_json_string(o));
-    return o;
-}
-
-static void expect_empty(peer_t *p)
-{
-    stoa_msg_t *m = next_msg(p);
-    ck_assert_msg(m == NULL, "%s: expected an empty queue, got %s", p->name, m ? stoa_msg_text(m) : "");
-}
-
-static void expect_gone(peer_t *p)
-{
-    bool gone = false;
-    stoa_msg_t *m = stoa_session_next(p->s, p, NULL, &gone);
-    ck_assert_msg(m == NULL, "%s: expected nothing, got %s", p->name, m ? stoa_msg_text(m) : "");
-    ck_assert_msg(gone, "%s: expected its connection to be gone", p->name);
-}
-
-static void drain(peer_t *p)
-{
-    stoa_msg_t *m;
-    while ((m = next_msg(p)))
-        stoa_msg_unref(m);
-}
-
-static const char *peer_id(peer_t *p)
-{
-    return stoa_session_peer(p->s);
-}
-
-static peer_t *new_peer(const char *name)
-{
-    peer_t *p;
-    ck_assert_int_lt(npeers, MAX_PEERS);
-    p = &peers[npeers++];
-    memset(p, 0, sizeof *p);
-    p->name = name;
-    return p;
-}
 
 /* Open a session on h for a user named `name`, attached to a fake
  * transport. */
@@ -335,15 +239,10 @@ static bool apply_on(stoa_hub_t *h, const char *origin, const char *fmt, ...)
     char buf[8192];
     json_object *fwd = (json_object *)1;
     va_list ap;
-    int n;
     bool missed;
     va_start(ap, fmt);
-    n = vsnprintf(buf, sizeof buf, fmt, ap);
+    format_quoted(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    ck_assert_int_lt(n, (int)sizeof buf);
-    for (char *p = buf; *p; p++)
-        if (*p == '\'')
-            *p = '"';
     missed = stoa_hub_remote_apply(h, origin, parse_text(buf), &fwd);
     ck_assert_msg(fwd == NULL, "unexpected forwarded events: %s", fwd ? json_object_to_json_string(fwd) : "");
     return missed;
@@ -1187,6 +1086,16 @@ static void two_instances(peer_t **a, peer_t **b, peer_t **c)
     ck_assert_uint_eq(room_size(hub_b, "doc:1"), 3);
 }
 
+/* Hub B adopts the session `id` (ada's, after last_seq if has_last): a new
+ * peer "ada@B" holding it, not yet attached. */
+static peer_t *adopt_on_b(const char *id, bool has_last, uint64_t last_seq)
+{
+    peer_t *r = new_peer("ada@B");
+    r->s = stoa_hub_adopt(hub_b, id, has_last, last_seq);
+    ck_assert_ptr_nonnull(r->s);
+    return r;
+}
+
 START_TEST(test_adopt)
 {
     peer_t *a, *b, *c, *r;
@@ -1208,10 +1117,8 @@ START_TEST(test_adopt)
 
     /* B takes the session over. */
     kicks_b = bus_b.kicks;
-    s = stoa_hub_adopt(hub_b, id, true, 7);
-    ck_assert_ptr_nonnull(s);
-    r = new_peer("ada@B");
-    r->s = s;
+    r = adopt_on_b(id, true, 7);
+    s = r->s;
     r->seq = 7;
     ck_assert_str_eq(stoa_session_peer(s), peer_id(a));
     ck_assert_str_eq(stoa_session_id(s), id);
@@ -1326,10 +1233,8 @@ START_TEST(test_adopt_and_back)
 
     two_instances(&a, &b, &c);
     memcpy(id, stoa_session_id(a->s), sizeof id);
-    s = stoa_hub_adopt(hub_b, id, false, 0);
-    ck_assert_ptr_nonnull(s);
-    r = new_peer("ada@B");
-    r->s = s;
+    r = adopt_on_b(id, false, 0);
+    s = r->s;
     ck_assert_int_eq(stoa_hub_attach(s, &fake_ops, r, r, false, 0, NULL), STOA_OK);
     o = expect_msg(r, "resync");
     ck_assert_int_eq(int_field(o, "seq"), 1);
@@ -1521,17 +1426,12 @@ START_TEST(test_moved_session_refuses_old_connection)
 {
     peer_t *a, *b, *c;
     char id[STOA_SESSION_ID_LEN + 1];
-    stoa_session_t *s;
-    peer_t *r;
     json_object *patch = J("{'n':42}");
     stoa_err_t err;
 
     two_instances(&a, &b, &c);
     memcpy(id, stoa_session_id(a->s), sizeof id);
-    s = stoa_hub_adopt(hub_b, id, false, 0);
-    ck_assert_ptr_nonnull(s);
-    r = new_peer("ada@B");
-    r->s = s;
+    adopt_on_b(id, false, 0);   /* the peer, in the pool, holds B's session */
     relay(&bus_b, hub, INST_B);
     ck_assert_ptr_null(stoa_hub_find(hub, id));
     bus_skip(&bus_a);

@@ -75,13 +75,7 @@ static char why[256];
 
 static void setup(void)
 {
-    cfg = stoa_config_new();
-    /* These tests check relay one change at a time, at the rates they were
-     * written for; presence coalescing has its own tests (check_hub.c). */
-    cfg->presence_tick_ms = 0;
-    cfg->presence_rate = 20;
-    cfg->presence_burst = 5;
-    hub = stoa_hub_new(cfg);
+    fixture_hub_setup();
     memset(opened, 0, sizeof opened);
     nopened = 0;
     memset(&tp, 0, sizeof tp);
@@ -113,13 +107,6 @@ static stoa_identity_t *make_ident(const char *sub, const char *rights)
 }
 
 /* ---- JSON ---- */
-
-static json_object *parse_msg(stoa_msg_t *m)
-{
-    json_object *o = json_tokener_parse(stoa_msg_text(m));
-    ck_assert_msg(o != NULL, "message is not JSON: %s", stoa_msg_text(m));
-    return o;
-}
 
 /* The "n" of a presence message's state. */
 static int64_t presence_n_of(json_object *o)
@@ -191,16 +178,11 @@ static stoa_msg_t *next_on(stoa_session_t *s, conn_t *c)
     return m;
 }
 
+/* The next message for c, which must be of `type`; returns it parsed (the
+ * caller puts it). */
 static json_object *expect_on(stoa_session_t *s, conn_t *c, const char *type)
 {
-    stoa_msg_t *m = next_on(s, c);
-    json_object *o;
-    ck_assert_msg(m != NULL, "%s: nothing, expected %s", c->name, type);
-    o = parse_msg(m);
-    stoa_msg_unref(m);
-    ck_assert_msg(strcmp(str_field(o, "type"), type) == 0, "%s: expected %s, got %s", c->name, type,
-                  json_object_to_json_string(o));
-    return o;
+    return msg_of_type(next_on(s, c), c->name, type);
 }
 
 /* The next message on s through c is a presence whose state has n. */

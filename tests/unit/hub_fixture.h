@@ -1,6 +1,8 @@
 /* hub_fixture.h - the fixture pieces shared by the hub-level unit tests
- * (check_hub.c, check_session.c, check_proto.c): the configuration and
- * hub under test, identities, and reading fields of JSON messages.
+ * (check_hub.c, check_session.c, check_proto.c, check_remote.c): the
+ * configuration and hub under test, identities, parsing queued messages
+ * and reading fields of JSON messages. (peer_fixture.h adds the fake
+ * transport and queue readers of check_hub.c and check_remote.c.)
  *
  * Each test file is one translation unit and includes this once, so the
  * helpers are static; those a file does not use are marked unused. */
@@ -9,6 +11,7 @@
 
 #include "stoa/config.h"
 #include "stoa/hub.h"
+#include "stoa/msg.h"
 #include "stoa/perm.h"
 #include "stoa/util.h"
 
@@ -16,6 +19,7 @@
 #include <json-c/json.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #define HUB_FIXTURE_UNUSED __attribute__((unused))
 
@@ -26,6 +30,18 @@ static HUB_FIXTURE_UNUSED void set(const char *name, const char *value)
 {
     char err[256];
     ck_assert_msg(stoa_config_set(cfg, name, value, err, sizeof err) == 0, "%s=%s: %s", name, value, err);
+}
+
+/* A new configuration and hub (cfg, hub) for the tests of relay. These
+ * check relay one change at a time, at the rates they were written for;
+ * presence coalescing has its own tests (check_hub.c). */
+static HUB_FIXTURE_UNUSED void fixture_hub_setup(void)
+{
+    cfg = stoa_config_new();
+    cfg->presence_tick_ms = 0;
+    cfg->presence_rate = 20;
+    cfg->presence_burst = 5;
+    hub = stoa_hub_new(cfg);
 }
 
 /* A named identity (name = sub) with the given colour and rights. */
@@ -78,6 +94,31 @@ static HUB_FIXTURE_UNUSED bool bool_field(json_object *o, const char *key)
 static HUB_FIXTURE_UNUSED bool has_field(json_object *o, const char *key)
 {
     return json_object_object_get_ex(o, key, NULL);
+}
+
+/* ---- queued messages ---- */
+
+/* A queued message, parsed (the caller puts it): it must be JSON, with
+ * no NUL within its length. */
+static HUB_FIXTURE_UNUSED json_object *parse_msg(stoa_msg_t *m)
+{
+    json_object *o = json_tokener_parse(stoa_msg_text(m));
+    ck_assert_msg(o != NULL, "message is not JSON: %s", stoa_msg_text(m));
+    ck_assert_uint_eq(strlen(stoa_msg_text(m)), stoa_msg_len(m));
+    return o;
+}
+
+/* m, the next message `who` was sent (its reference taken), which must be
+ * there and of `type`; returns it parsed (the caller puts it). */
+static HUB_FIXTURE_UNUSED json_object *msg_of_type(stoa_msg_t *m, const char *who, const char *type)
+{
+    json_object *o;
+    ck_assert_msg(m != NULL, "%s: queue empty, expected %s", who, type);
+    o = parse_msg(m);
+    stoa_msg_unref(m);
+    ck_assert_msg(strcmp(str_field(o, "type"), type) == 0, "%s: expected %s, got %s", who, type,
+                  json_object_to_json_string(o));
+    return o;
 }
 
 #endif
