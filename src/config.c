@@ -53,6 +53,7 @@ static const setting_t settings[] = {
     I(max_room_name_bytes, "128", 8, 1024, "longest room name, bytes"),
     I(max_rooms_per_conn, "32", 1, 10000, "rooms one connection may be in at once"),
     I(max_peers_per_room, "256", 1, 1000000, "peers one room may hold"),
+    I(max_observers_per_room, "10000", 0, 1000000, "observers (joins with \"observe\": true: receive, not announced) one room may hold"),
     I(max_connections, "10000", 1, 1000000, "open WebSocket connections, and separately open HTTP connections"),
     I(session_buffer_msgs, "1024", 8, 1000000, "messages a session keeps for delivery and resume (older ones are dropped; a client that missed them gets a resync)"),
     I(session_buffer_bytes, "4194304", 65536, 1073741824, "bytes of messages a session keeps for delivery and resume"),

@@ -192,7 +192,8 @@ json_object *hub_room_peers(room_t *room)
 {
     json_object *arr = json_object_new_array();
     for (membership_t *m = room ? room->members : NULL; m; m = m->hh_room.next)
-        json_object_array_add(arr, peer_entry(m));
+        if (!m->observer)
+            json_object_array_add(arr, peer_entry(m));
     return arr;
 }
 
@@ -203,6 +204,10 @@ void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t 
     stoa_session_t *s = m->sess;
     stoa_msg_t *left = stoa_wire_peer_left(room->name, s->peer, stoa_left_reason_name(reason));
 
+    if (m->observer)
+        room->nobservers--;
+    else
+        room->npeers--;
     HASH_DELETE(hh_room, room->members, m);
     HASH_DELETE(hh_sess, s->rooms, m);
     if (m->dirty)
@@ -215,7 +220,8 @@ void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t 
         json_object_object_add(ev, "why", json_object_new_string(stoa_left_reason_name(reason)));
         hub_emit(hub, ev);
     }
-    hub_broadcast(room, NULL, left);
+    if (!m->observer)   /* an observer was never announced */
+        hub_broadcast(room, NULL, left);
     if (reason == STOA_LEFT_TIMEOUT || reason == STOA_LEFT_KICKED)
         hub_enqueue(s, left);   /* it did not ask: tell it too */
     stoa_msg_unref(left);
@@ -237,7 +243,8 @@ membership_t *hub_find_membership(stoa_session_t *s, const char *room)
     return m;
 }
 
-membership_t *hub_add_membership(stoa_hub_t *hub, stoa_session_t *s, const char *room_name, json_object *state)
+membership_t *hub_add_membership(stoa_hub_t *hub, stoa_session_t *s, const char *room_name, json_object *state,
+                                 bool observer)
 {
     membership_t *m = stoa_xcalloc(1, sizeof *m);
     room_t *room;
@@ -252,9 +259,15 @@ membership_t *hub_add_membership(stoa_hub_t *hub, stoa_session_t *s, const char 
     m->room = room;
     m->sess = s;
     m->state = state;
+    m->observer = observer;
     m->last_seen_ms = stoa_now_ms();
     HASH_ADD_KEYPTR(hh_room, room->members, s->peer, strlen(s->peer), m);
     HASH_ADD_KEYPTR(hh_sess, s->rooms, room->name, strlen(room->name), m);
+    if (observer) {
+        room->nobservers++;
+        return m;
+    }
+    room->npeers++;
     joined = stoa_wire_peer_joined(room->name, s->peer, s->user, m->state);
     hub_broadcast(room, s, joined);
     stoa_msg_unref(joined);
@@ -721,6 +734,12 @@ static stoa_err_t check_state(const stoa_config_t *cfg, json_object *state, char
 stoa_err_t stoa_hub_join(stoa_session_t *s, const char *room_name, json_object *state, json_object *id,
                          char *why, size_t whylen)
 {
+    return stoa_hub_join_ex(s, room_name, state, false, id, why, whylen);
+}
+
+stoa_err_t stoa_hub_join_ex(stoa_session_t *s, const char *room_name, json_object *state, bool observe,
+                            json_object *id, char *why, size_t whylen)
+{
     stoa_hub_t *hub = s->hub;
     const stoa_config_t *cfg = hub->cfg;
     const char *reason;
@@ -732,6 +751,10 @@ stoa_err_t stoa_hub_join(stoa_session_t *s, const char *room_name, json_object *
     if (!stoa_room_valid(room_name, (size_t)cfg->max_room_name_bytes, &reason)) {
         snprintf(why, whylen, "%s", reason);
         return STOA_ERR_BAD_ROOM;
+    }
+    if (observe && state && !json_object_is_type(state, json_type_null)) {
+        snprintf(why, whylen, "an observer has no presence state: join without \"observe\" to have one");
+        return STOA_ERR_BAD_MESSAGE;
     }
     if (state && !json_object_is_type(state, json_type_null)) {
         err = check_state(cfg, state, why, whylen);
@@ -750,12 +773,14 @@ stoa_err_t stoa_hub_join(stoa_session_t *s, const char *room_name, json_object *
     if (HASH_CNT(hh_sess, s->rooms) >= (unsigned)cfg->max_rooms_per_conn)
         FAIL(STOA_ERR_TOO_MANY_ROOMS, "already in %d rooms, the limit", cfg->max_rooms_per_conn);
     HASH_FIND_STR(hub->rooms, room_name, room);
-    if (room && HASH_CNT(hh_room, room->members) >= (unsigned)cfg->max_peers_per_room)
+    if (room && !observe && room->npeers >= (unsigned)cfg->max_peers_per_room)
         FAIL(STOA_ERR_ROOM_FULL, "%s holds %d peers, the limit", room_name, cfg->max_peers_per_room);
+    if (room && observe && room->nobservers >= (unsigned)cfg->max_observers_per_room)
+        FAIL(STOA_ERR_ROOM_FULL, "%s holds %d observers, the limit", room_name, cfg->max_observers_per_room);
     if (!stoa_bucket_take(&s->join_bucket, stoa_now_ms()))
         FAIL(STOA_ERR_RATE_LIMITED, "more than %g joins and leaves a second", cfg->join_rate);
     m = hub_add_membership(hub, s, room_name,
-                           state ? stoa_presence_merge(NULL, state) : json_object_get(hub->empty_state));
+                           state ? stoa_presence_merge(NULL, state) : json_object_get(hub->empty_state), observe);
     room = m->room;
     peers = hub_room_peers(room);
     enqueue_owned(s, stoa_wire_room_state(room->name, peers, id));
@@ -765,8 +790,10 @@ stoa_err_t stoa_hub_join(stoa_session_t *s, const char *room_name, json_object *
     json_object_object_add(ev, "p", json_object_new_string(s->peer));
     json_object_object_add(ev, "room", json_object_new_string(room->name));
     json_object_object_add(ev, "state", json_object_get(m->state));
+    if (observe)
+        json_object_object_add(ev, "obs", json_object_new_boolean(true));
     hub_emit(hub, ev);
-    STOA_DEBUG("peer %s joined %s", s->peer, room->name);
+    STOA_DEBUG("peer %s joined %s%s", s->peer, room->name, observe ? " as an observer" : "");
 out:
     hub_unlock(hub);
     return err;
@@ -829,6 +856,8 @@ stoa_err_t stoa_hub_presence(stoa_session_t *s, const char *room_name, json_obje
     err = member_of(s, room_name, &m, why, whylen);
     if (err)
         goto out;
+    if (m->observer)
+        FAIL(STOA_ERR_BAD_MESSAGE, "an observer has no presence: join %s without \"observe\" to have one", room_name);
     m->last_seen_ms = stoa_now_ms();
     if (!stoa_bucket_take(&s->presence_bucket, m->last_seen_ms))
         FAIL(STOA_ERR_RATE_LIMITED, "more than %g presence updates a second", cfg->presence_rate);
@@ -1013,7 +1042,8 @@ json_object *stoa_hub_rooms(stoa_hub_t *hub)
     for (room_t *r = hub->rooms; r; r = r->hh.next) {
         json_object *o = json_object_new_object();
         json_object_object_add(o, "room", json_object_new_string(r->name));
-        json_object_object_add(o, "peers", json_object_new_int64((int64_t)HASH_CNT(hh_room, r->members)));
+        json_object_object_add(o, "peers", json_object_new_int64((int64_t)r->npeers));
+        json_object_object_add(o, "observers", json_object_new_int64((int64_t)r->nobservers));
         json_object_array_add(arr, o);
     }
     hub_unlock(hub);

@@ -34,13 +34,16 @@ struct membership {
     json_object *state;          /* always an object */
     int64_t last_seen_ms;
     bool dirty;                  /* state changed since the room's last presence flush */
+    bool observer;               /* receives the room's messages, but is not announced, not
+                                  * listed and has no presence (join with "observe": true) */
     UT_hash_handle hh_room;      /* in room->members, keyed by sess->peer */
     UT_hash_handle hh_sess;      /* in sess->rooms, keyed by room->name */
 };
 
 struct room {
     char *name;
-    membership_t *members;
+    membership_t *members;       /* peers and observers */
+    unsigned npeers, nobservers;
     /* Presence coalescing (presence_tick_ms): members with a changed state
      * are flagged dirty, and the room is on the hub's dirty list until a
      * flush sends one presence (or presence_batch) message for them. */
@@ -136,7 +139,8 @@ json_object *hub_room_peers(room_t *room);
 membership_t *hub_find_membership(stoa_session_t *s, const char *room);
 /* Add s to room_name (created if needed) with state (ownership taken),
  * telling the room's other local members (peer_joined). */
-membership_t *hub_add_membership(stoa_hub_t *hub, stoa_session_t *s, const char *room_name, json_object *state);
+membership_t *hub_add_membership(stoa_hub_t *hub, stoa_session_t *s, const char *room_name, json_object *state,
+                                 bool observer);
 /* Remove a membership and tell the room; a local session's removal goes
  * on the bus too. Frees the room with its last member. */
 void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t reason);

@@ -43,8 +43,10 @@ json_object *hub_session_record(stoa_session_t *s)
     json_object_object_add(o, "anon", json_object_new_boolean(id->anonymous));
     json_object_object_add(o, "perms", stoa_perms_to_json(id->perms));
     json_object_object_add(o, "exp", json_object_new_int64(id->exp));
+    /* room -> state; an observer's membership (no state) is false */
     for (membership_t *m = s->rooms; m; m = m->hh_sess.next)
-        json_object_object_add(rooms, m->room->name, json_object_get(m->state));
+        json_object_object_add(rooms, m->room->name,
+                               m->observer ? json_object_new_boolean(false) : json_object_get(m->state));
     json_object_object_add(o, "rooms", rooms);
     return o;
 }
@@ -162,23 +164,27 @@ static stoa_identity_t *record_identity(stoa_hub_t *hub, json_object *rec, json_
     return id;
 }
 
-/* Make s's rooms and states those of rooms (a JSON object room -> state),
- * telling local members of every difference. */
+/* Make s's rooms and states those of rooms (a JSON object room -> state,
+ * or false for an observer), telling local members of every difference. */
 static void set_rooms(stoa_hub_t *hub, stoa_session_t *s, json_object *rooms)
 {
     membership_t *m, *tmp;
     HASH_ITER(hh_sess, s->rooms, m, tmp) {
-        if (!json_object_object_get_ex(rooms, m->room->name, NULL))
-            hub_remove_membership(hub, m, STOA_LEFT_LEAVE);
+        json_object *want = NULL;
+        if (!json_object_object_get_ex(rooms, m->room->name, &want) ||
+            m->observer != json_object_is_type(want, json_type_boolean))
+            hub_remove_membership(hub, m, STOA_LEFT_LEAVE);   /* gone, or peer <-> observer */
     }
     json_object_object_foreach(rooms, name, state) {
-        if (!json_object_is_type(state, json_type_object) ||
+        bool observer = json_object_is_type(state, json_type_boolean);
+        if ((!observer && !json_object_is_type(state, json_type_object)) ||
             !stoa_room_valid(name, (size_t)hub->cfg->max_room_name_bytes, NULL))
             continue;
         m = hub_find_membership(s, name);
         if (!m)
-            hub_add_membership(hub, s, name, json_object_get(state));
-        else if (!json_object_equal(m->state, state))
+            hub_add_membership(hub, s, name,
+                               observer ? json_object_get(hub->empty_state) : json_object_get(state), observer);
+        else if (!observer && !json_object_equal(m->state, state))
             hub_set_state(m, json_object_get(state));
     }
 }
@@ -303,14 +309,18 @@ static bool apply_event(stoa_hub_t *hub, const char *origin, json_object *ev, js
         apply_snapshot(hub, origin, ev);
     } else if (strcmp(t, "join") == 0 || strcmp(t, "pres") == 0) {
         json_object *state = obj_of(ev, "state");
+        bool observer = json_object_object_get_ex(ev, "obs", &v) && json_object_get_boolean(v);
         if (!room || !state || !(s = remote_of(hub, origin, str_of(ev, "p"), &missing)))
             return missing;
         if (!stoa_room_valid(room, (size_t)hub->cfg->max_room_name_bytes, NULL))
             return false;
-        if ((m = hub_find_membership(s, room)))
-            hub_set_state(m, json_object_get(state));
-        else
-            hub_add_membership(hub, s, room, json_object_get(state));
+        if ((m = hub_find_membership(s, room))) {
+            if (!m->observer)
+                hub_set_state(m, json_object_get(state));
+        } else {
+            hub_add_membership(hub, s, room, observer ? json_object_get(hub->empty_state) : json_object_get(state),
+                               observer);
+        }
     } else if (strcmp(t, "leave") == 0) {
         if (!room || !(s = remote_of(hub, origin, str_of(ev, "p"), &missing)))
             return missing;

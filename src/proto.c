@@ -176,7 +176,21 @@ stoa_err_t stoa_proto_handle_json(stoa_session_t *sess, json_object *msg, json_o
         snprintf(why, sizeof why, "%s needs field \"%s\"", cmd->type, cmd->arg);
         goto out;
     }
-    err = cmd->handler(sess, room, arg, id, why, sizeof why);
+    if (cmd->handler == do_join) {   /* join alone has a flag */
+        json_object *obs;
+        bool observe = false;
+        if (json_object_object_get_ex(msg, "observe", &obs)) {
+            if (!json_object_is_type(obs, json_type_boolean)) {
+                err = STOA_ERR_BAD_MESSAGE;
+                snprintf(why, sizeof why, "observe must be true or false");
+                goto out;
+            }
+            observe = json_object_get_boolean(obs);
+        }
+        err = stoa_hub_join_ex(sess, room, arg, observe, id, why, sizeof why);
+    } else {
+        err = cmd->handler(sess, room, arg, id, why, sizeof why);
+    }
 out:
     if (err)
         report(sess, errors, err, why, id, room);

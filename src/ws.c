@@ -21,6 +21,9 @@
 
 _Static_assert(LWS_PRE <= STOA_MSG_HEADROOM, "message headroom must fit the WebSocket frame header");
 
+/* Messages written in one writable callback at most, when a backlog waits. */
+#define WRITE_BURST 32
+
 typedef struct conn {
     stoa_ws_t *ws;
     struct lws *wsi;
@@ -305,6 +308,16 @@ static int on_writable(conn_t *c, struct lws *wsi)
     }
     if (write_msg(wsi, msg) < 0)
         return -1;
+    /* A backlog (the reader, or this thread, fell behind): send more of it
+     * in this callback while the socket takes it, instead of one message
+     * per round of the event loop over every connection. */
+    for (int burst = 1; more && c->sess && burst < WRITE_BURST && !lws_send_pipe_choked(wsi); burst++) {
+        msg = stoa_session_next_more(c->sess, c, NULL, &gone, &more);
+        if (!msg)
+            break;
+        if (write_msg(wsi, msg) < 0)
+            return -1;
+    }
     /* More waiting (or the hello went first): be called again. Otherwise
      * the next wake asks. A session closed meanwhile shows as "no more"
      * here but wakes this connection, which then finds it gone. */

@@ -47,6 +47,7 @@ typedef struct stoa_config {
     int max_room_name_bytes;
     int max_rooms_per_conn;
     int max_peers_per_room;
+    int max_observers_per_room;
     int max_connections;
     int session_buffer_msgs;
     int session_buffer_bytes;

@@ -114,6 +114,11 @@ stoa_hub_t *stoa_session_hub(const stoa_session_t *sess);
  * json_object arguments are borrowed. */
 stoa_err_t stoa_hub_join(stoa_session_t *sess, const char *room, json_object *state, json_object *id,
                          char *why, size_t whylen);
+/* The same; with observe, as an observer: it gets the room's messages but
+ * is not announced (no peer_joined or peer_left), not listed in
+ * room_state or presence, and has no presence state (max_observers_per_room). */
+stoa_err_t stoa_hub_join_ex(stoa_session_t *sess, const char *room, json_object *state, bool observe,
+                            json_object *id, char *why, size_t whylen);
 stoa_err_t stoa_hub_leave(stoa_session_t *sess, const char *room, json_object *id, char *why, size_t whylen);
 stoa_err_t stoa_hub_presence(stoa_session_t *sess, const char *room, json_object *patch, json_object *id,
                              char *why, size_t whylen);

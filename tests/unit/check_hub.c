@@ -1186,6 +1186,56 @@ START_TEST(test_presence_coalesced)
 }
 END_TEST
 
+START_TEST(test_observers)
+{
+    peer_t *a, *b, *o;
+    json_object *msg, *list, *patch, *data;
+    two_in_doc1(&a, &b);
+    o = open_peer("obs", "{\"*\":\"r\"}");
+
+    /* A state with observe is refused; a plain observer join works. */
+    patch = json_tokener_parse("{\"x\":1}");
+    ck_assert_int_eq(stoa_hub_join_ex(o->s, "doc:1", patch, true, NULL, why, sizeof why), STOA_ERR_BAD_MESSAGE);
+    ck_assert_int_eq(stoa_hub_join_ex(o->s, "doc:1", NULL, true, NULL, why, sizeof why), STOA_OK);
+    /* It sees the peers; the peers are not told about it. */
+    msg = expect_msg(o, "room_state");
+    ck_assert(json_object_object_get_ex(msg, "peers", &list));
+    ck_assert_uint_eq(json_object_array_length(list), 2);
+    json_object_put(msg);
+    expect_empty(a);
+    expect_empty(b);
+    /* It is not listed, and counted apart. */
+    {
+        char *text = stoa_hub_room_json(hub, "doc:1");
+        ck_assert_ptr_null(strstr(text, peer_id(o)));
+        free(text);
+        json_object *rooms = stoa_hub_rooms(hub), *r = json_object_array_get_idx(rooms, 0);
+        ck_assert_int_eq(int_field(r, "peers"), 2);
+        ck_assert_int_eq(int_field(r, "observers"), 1);
+        json_object_put(rooms);
+    }
+    /* It gets the room's presence and ephemeral messages... */
+    presence_n(a, "doc:1", 1);
+    expect_presence_n(o, 1);
+    drain_all();
+    /* ...has no presence of its own, may send ephemeral messages. */
+    ck_assert_int_eq(stoa_hub_presence(o->s, "doc:1", patch, NULL, why, sizeof why), STOA_ERR_BAD_MESSAGE);
+    data = json_tokener_parse("{\"clap\":1}");
+    ck_assert_int_eq(stoa_hub_ephemeral(o->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
+    json_object_put(expect_msg(a, "ephemeral"));
+    json_object_put(expect_msg(b, "ephemeral"));
+    /* Its leave is silent. */
+    ck_assert_int_eq(stoa_hub_leave(o->s, "doc:1", NULL, why, sizeof why), STOA_OK);
+    expect_empty(a);
+    expect_empty(b);
+    /* The observer limit is its own. */
+    cfg->max_observers_per_room = 0;
+    ck_assert_int_eq(stoa_hub_join_ex(o->s, "doc:1", NULL, true, NULL, why, sizeof why), STOA_ERR_ROOM_FULL);
+    json_object_put(patch);
+    json_object_put(data);
+}
+END_TEST
+
 static Suite *hub_suite(void)
 {
     Suite *s = suite_create("hub");
@@ -1194,6 +1244,7 @@ static Suite *hub_suite(void)
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, test_welcome);
     tcase_add_test(tc, test_presence_coalesced);
+    tcase_add_test(tc, test_observers);
     tcase_add_test(tc, test_peer_ids_unique);
     tcase_add_test(tc, test_three_sessions);
     tcase_add_test(tc, test_presence_relay);
