@@ -36,6 +36,8 @@ typedef struct conn {
     int close_code;
     bool peer_closed;         /* the client sent a close frame: it is leaving */
     bool going_away;          /* shutting down: send a notice, then close 1001 */
+    int64_t last_rx_ms;       /* the last data or pong from the client */
+    bool ping_due, ping_sent; /* keepalive (sweep() below) */
     struct conn *self;        /* key of ws->conns */
     UT_hash_handle hh;        /* in ws->conns: the live connections */
 } conn_t;
@@ -52,7 +54,7 @@ struct stoa_ws {
     const stoa_auth_t *auth;
     struct lws_context *ctx;
     struct lws_vhost *vh;
-    lws_retry_bo_t retry;
+    lws_sorted_usec_list_t sweep;   /* the keepalive sweep's timer (service thread) */
     pthread_t thread;
     atomic_bool stop;
     atomic_int nconn;
@@ -203,6 +205,7 @@ static void on_established(stoa_ws_t *ws, conn_t *c, struct lws *wsi)
     memset(c, 0, sizeof *c);
     c->ws = ws;
     c->wsi = wsi;
+    c->last_rx_ms = stoa_now_ms();
     c->self = c;
     HASH_ADD_PTR(ws->conns, self, c);
     if (atomic_fetch_add(&ws->nconn, 1) >= ws->cfg->max_connections) {
@@ -231,6 +234,8 @@ out:
 static void on_receive(stoa_ws_t *ws, conn_t *c, struct lws *wsi, const char *in, size_t len)
 {
     size_t max = (size_t)ws->cfg->max_message_bytes;
+    c->last_rx_ms = stoa_now_ms();
+    c->ping_sent = false;
     if (lws_is_first_fragment(wsi)) {
         c->rxlen = 0;
         c->rx_too_big = false;
@@ -284,6 +289,16 @@ static int on_writable(conn_t *c, struct lws *wsi)
         write_msg(wsi, msg);
         lws_close_reason(wsi, (enum lws_close_status)c->close_code, NULL, 0);
         return -1;
+    }
+    if (c->ping_due) {
+        unsigned char ping[LWS_PRE + 4] = {0};
+        c->ping_due = false;
+        c->ping_sent = true;
+        memcpy(ping + LWS_PRE, "stoa", 4);   /* lws reports an empty pong to no one */
+        if (lws_write(wsi, ping + LWS_PRE, 4, LWS_WRITE_PING) < 4)
+            return -1;
+        lws_callback_on_writable(wsi);   /* messages may wait behind it */
+        return 0;
     }
     if (!c->sess)
         return 0;
@@ -367,6 +382,12 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
         c->peer_closed = true;
         break;
+    case LWS_CALLBACK_RECEIVE_PONG:
+        if (c->ws) {
+            c->last_rx_ms = stoa_now_ms();
+            c->ping_sent = false;
+        }
+        break;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return on_writable(c, wsi);
     case LWS_CALLBACK_CLOSED:
@@ -414,9 +435,35 @@ static void say_goodbye(stoa_ws_t *ws)
     }
 }
 
+/* Keepalive, once a second over every connection (service thread): ping
+ * one silent for ws_ping_interval_s, close one silent (pongs included)
+ * for ws_idle_timeout_s. lws's own per-connection validity timers keep a
+ * sorted list that every received message reorders, which costs O(n) per
+ * message with tens of thousands of connections; one sweep costs O(n) a
+ * second. */
+static void sweep(lws_sorted_usec_list_t *sul)
+{
+    stoa_ws_t *ws = lws_container_of(sul, stoa_ws_t, sweep);
+    int64_t now = stoa_now_ms(), ping = (int64_t)ws->cfg->ws_ping_interval_s * 1000,
+            idle = (int64_t)ws->cfg->ws_idle_timeout_s * 1000;
+    for (conn_t *c = ws->conns; c; c = c->hh.next) {
+        int64_t quiet = now - c->last_rx_ms;
+        if (quiet >= idle) {
+            STOA_DEBUG("websocket: closing a connection silent for %lld ms", (long long)quiet);
+            lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        } else if (quiet >= ping && !c->ping_sent && !c->ping_due) {
+            c->ping_due = true;
+            lws_callback_on_writable(c->wsi);
+        }
+    }
+    if (!atomic_load(&ws->stop))
+        lws_sul_schedule(ws->ctx, 0, &ws->sweep, sweep, LWS_US_PER_SEC);
+}
+
 static void *service_main(void *arg)
 {
     stoa_ws_t *ws = arg;
+    lws_sul_schedule(ws->ctx, 0, &ws->sweep, sweep, LWS_US_PER_SEC);
     while (!atomic_load(&ws->stop))
         if (lws_service(ws->ctx, 0) < 0)
             break;
@@ -435,8 +482,6 @@ stoa_ws_t *stoa_ws_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa_aut
     ws->hub = hub;
     ws->auth = auth;
     pthread_mutex_init(&ws->mu, NULL);
-    ws->retry.secs_since_valid_ping = (uint16_t)cfg->ws_ping_interval_s;
-    ws->retry.secs_since_valid_hangup = (uint16_t)cfg->ws_idle_timeout_s;
     lws_set_log_level(LLL_ERR | (stoa_log_parse_level(cfg->log_level) >= STOA_LOG_DEBUG ? LLL_WARN : 0),
                       lws_logger);
 
@@ -453,7 +498,6 @@ stoa_ws_t *stoa_ws_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa_aut
     vinfo.port = CONTEXT_PORT_NO_LISTEN_SERVER;
     vinfo.vhost_name = "stoa";
     vinfo.protocols = protocols;
-    vinfo.retry_and_idle_policy = &ws->retry;
     ws->vh = lws_create_vhost(ws->ctx, &vinfo);
     if (!ws->vh) {
         snprintf(err, errlen, "libwebsockets: cannot create a vhost");
