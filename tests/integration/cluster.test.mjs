@@ -419,6 +419,8 @@ describe('cluster: two instances on one database', () => {
     await mover.join(room2, { here: true });
     await watchA.next(is('peer_joined', { peer: mover.peer }));
     await watchB.next(is('peer_joined', { peer: mover.peer }));
+    await waitFor(async () => sorted((await getSession(b, mover.welcome.session)).body.rooms ?? []).join() === sorted([room, room2]).join(),
+      { what: 'B to know both rooms of the session' });
     await mover.sync();
     const last = lastSeqOf(mover);
 
@@ -480,6 +482,10 @@ describe('cluster: two instances on one database', () => {
     const last = first.body.last_seq;
     await watchA.next(is('peer_joined', { peer: s.peer }));
     await watchB.next(is('peer_joined', { peer: s.peer }));
+    // B has heard of both joins (they may come in two bus payloads): a move
+    // takes the rooms B knows of.
+    await waitFor(async () => sorted((await getSession(b, s.session)).body.rooms ?? []).join() === sorted([room, room2]).join(),
+      { what: 'B to know both rooms of the session' });
 
     const lp = Poller.start(b, s.session, { after: last });
     const resync = await lp.next();
