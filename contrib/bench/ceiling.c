@@ -37,6 +37,8 @@
 
 #include <openssl/evp.h>
 
+#include "bench_common.h"
+
 #define RAW_SZ 65536u
 #define HEAD_MAX 8192u
 #define MSG_MAX (1u << 20)       /* an incoming message */
@@ -44,67 +46,6 @@
 #define KEY_MAX 256u             /* bytes of a join message that name the group */
 #define MAX_EVENTS 512
 #define NBUCKETS 4096u
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-/* ---- bounded growable buffer: data is p[off, len) ----------------------- */
-
-struct buf {
-    char *p;
-    size_t off, len, cap;
-};
-
-static size_t buf_size(const struct buf *b)
-{
-    return b->len - b->off;
-}
-
-static char *buf_data(const struct buf *b)
-{
-    return b->p + b->off;
-}
-
-static bool buf_append(struct buf *b, const void *d, size_t n, size_t max)
-{
-    if (b->off && b->len + n > b->cap) {
-        memmove(b->p, b->p + b->off, b->len - b->off);
-        b->len -= b->off;
-        b->off = 0;
-    }
-    size_t need = b->len + n;
-    if (need > max)
-        return false;
-    if (need > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < need)
-            cap *= 2;
-        if (cap > max)
-            cap = max;
-        char *np = realloc(b->p, cap);
-        if (!np)
-            return false;
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, d, n);
-    b->len += n;
-    return true;
-}
-
-static void buf_consume(struct buf *b, size_t n)
-{
-    b->off += n;
-    if (b->off >= b->len)
-        b->off = b->len = 0;
-}
-
-/* An empty buffer that grew for one large message gives its memory back. */
-static void buf_shrink(struct buf *b)
-{
-    if (b->off == b->len && b->cap > 16384u) {
-        free(b->p);
-        memset(b, 0, sizeof *b);
-    }
-}
 
 /* ---- connections and groups -------------------------------------------- */
 
@@ -451,12 +392,7 @@ static void answer_upgrade(struct server *s, struct cconn *c, const char *head, 
             v++;
         for (e = v; e < head + n && *e != '\r' && *e != '\n' && *e != ' '; e++) {
         }
-        char cat[160];
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned mdlen = 0;
-        int k = snprintf(cat, sizeof cat, "%.*s%s", (int)(e - v < 100 ? e - v : 100), v, WS_GUID);
-        EVP_Digest(cat, (size_t)k, md, &mdlen, EVP_sha1(), NULL);
-        EVP_EncodeBlock((unsigned char *)accept, md, (int)mdlen);
+        ws_accept_key(v, (size_t)(e - v), accept);
         break;
     }
     char resp[256];

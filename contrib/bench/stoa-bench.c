@@ -67,6 +67,8 @@
 
 #include <openssl/evp.h>
 
+#include "bench_common.h"
+
 /* ---- limits ------------------------------------------------------------ */
 
 #define MAX_TOTAL_SUBS 200000u     /* rooms x subs */
@@ -104,7 +106,6 @@
 #define MAX_AUX 8u                   /* heartbeat connections per worker, for stoa SSE sessions */
 #define SSE_PER_AUX 2000u            /* SSE sessions per heartbeat connection */
 
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 /* ---- options ----------------------------------------------------------- */
 
@@ -227,77 +228,6 @@ static size_t count_occurrences(const char *p, size_t n, const char *needle)
         p = q + nl;
     }
     return k;
-}
-
-/* ---- bounded growable buffer: data is p[off, len) ----------------------- */
-
-struct buf {
-    char *p;
-    size_t off, len, cap;
-};
-
-static size_t buf_size(const struct buf *b)
-{
-    return b->len - b->off;
-}
-
-static char *buf_data(const struct buf *b)
-{
-    return b->p + b->off;
-}
-
-static bool buf_append(struct buf *b, const void *d, size_t n, size_t max)
-{
-    if (b->off && b->len + n > b->cap) {
-        memmove(b->p, b->p + b->off, b->len - b->off);
-        b->len -= b->off;
-        b->off = 0;
-    }
-    size_t need = b->len + n;
-    if (need > max)
-        return false;
-    if (need > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < need)
-            cap *= 2;
-        if (cap > max)
-            cap = max;
-        char *np = realloc(b->p, cap);
-        if (!np)
-            return false;
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, d, n);
-    b->len += n;
-    return true;
-}
-
-static void buf_consume(struct buf *b, size_t n)
-{
-    b->off += n;
-    if (b->off >= b->len)
-        b->off = b->len = 0;
-}
-
-static void buf_clear(struct buf *b)
-{
-    b->off = b->len = 0;
-}
-
-static void buf_free(struct buf *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof *b);
-}
-
-/* An empty buffer that grew for one large message gives its memory back:
- * with many connections, high-water marks would add up. */
-#define BUF_KEEP 16384u
-static void buf_shrink(struct buf *b)
-{
-    if (b->off == b->len && b->cap > BUF_KEEP)
-        buf_free(b);
 }
 
 /* ---- latency histogram: 1 us buckets under 1024 us, then 128 per octave - */
@@ -691,12 +621,7 @@ static void ws_key(uint32_t gidx, char out[32])
 
 static void ws_accept_for(const char *key, char out[32])
 {
-    char cat[128];
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned mdlen = 0;
-    int n = snprintf(cat, sizeof cat, "%s%s", key, WS_GUID);
-    EVP_Digest(cat, (size_t)n, md, &mdlen, EVP_sha1(), NULL);
-    EVP_EncodeBlock((unsigned char *)out, md, (int)mdlen);
+    ws_accept_key(key, strlen(key), out);
 }
 
 static void ws_path(const struct worker *w, const struct conn *c, char *path, size_t cap)
