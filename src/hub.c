@@ -212,7 +212,7 @@ void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t 
     HASH_DELETE(hh_sess, s->rooms, m);
     if (m->dirty)
         room->ndirty--;   /* its pending presence goes with it */
-    if (!s->origin) {
+    if (!s->origin && hub->bus_ops) {
         json_object *ev = json_object_new_object();
         json_object_object_add(ev, "t", json_object_new_string("leave"));
         json_object_object_add(ev, "p", json_object_new_string(s->peer));
@@ -429,7 +429,7 @@ void hub_close_locked(stoa_session_t *s, stoa_left_reason_t reason)
         return;
     HASH_ITER(hh_sess, s->rooms, m, tmp)
         hub_remove_membership(hub, m, reason);
-    if (!s->origin) {
+    if (!s->origin && hub->bus_ops) {
         json_object *ev = json_object_new_object();
         json_object_object_add(ev, "t", json_object_new_string("close"));
         json_object_object_add(ev, "p", json_object_new_string(s->peer));
@@ -785,14 +785,16 @@ stoa_err_t stoa_hub_join_ex(stoa_session_t *s, const char *room_name, json_objec
     peers = hub_room_peers(room);
     enqueue_owned(s, stoa_wire_room_state(room->name, peers, id));
     json_object_put(peers);
-    ev = json_object_new_object();
-    json_object_object_add(ev, "t", json_object_new_string("join"));
-    json_object_object_add(ev, "p", json_object_new_string(s->peer));
-    json_object_object_add(ev, "room", json_object_new_string(room->name));
-    json_object_object_add(ev, "state", json_object_get(m->state));
-    if (observe)
-        json_object_object_add(ev, "obs", json_object_new_boolean(true));
-    hub_emit(hub, ev);
+    if (hub->bus_ops) {   /* other instances hear of it */
+        ev = json_object_new_object();
+        json_object_object_add(ev, "t", json_object_new_string("join"));
+        json_object_object_add(ev, "p", json_object_new_string(s->peer));
+        json_object_object_add(ev, "room", json_object_new_string(room->name));
+        json_object_object_add(ev, "state", json_object_get(m->state));
+        if (observe)
+            json_object_object_add(ev, "obs", json_object_new_boolean(true));
+        hub_emit(hub, ev);
+    }
     STOA_DEBUG("peer %s joined %s%s", s->peer, room->name, observe ? " as an observer" : "");
 out:
     hub_unlock(hub);
@@ -868,12 +870,14 @@ stoa_err_t stoa_hub_presence(stoa_session_t *s, const char *room_name, json_obje
              cfg->max_state_bytes);
     hub_set_state(m, next);
     next = NULL;
-    ev = json_object_new_object();
-    json_object_object_add(ev, "t", json_object_new_string("pres"));
-    json_object_object_add(ev, "p", json_object_new_string(s->peer));
-    json_object_object_add(ev, "room", json_object_new_string(room_name));
-    json_object_object_add(ev, "state", json_object_get(m->state));
-    hub_emit(hub, ev);
+    if (hub->bus_ops) {   /* other instances hear of it */
+        ev = json_object_new_object();
+        json_object_object_add(ev, "t", json_object_new_string("pres"));
+        json_object_object_add(ev, "p", json_object_new_string(s->peer));
+        json_object_object_add(ev, "room", json_object_new_string(room_name));
+        json_object_object_add(ev, "state", json_object_get(m->state));
+        hub_emit(hub, ev);
+    }
     ack(s, id);
 out:
     json_object_put(next);
@@ -916,12 +920,14 @@ stoa_err_t stoa_hub_ephemeral(stoa_session_t *s, const char *room_name, json_obj
     msg = stoa_wire_ephemeral(m->room->name, s->peer, s->user, data);
     hub_broadcast(m->room, s, msg);
     stoa_msg_unref(msg);
-    ev = json_object_new_object();
-    json_object_object_add(ev, "t", json_object_new_string("eph"));
-    json_object_object_add(ev, "p", json_object_new_string(s->peer));
-    json_object_object_add(ev, "room", json_object_new_string(room_name));
-    json_object_object_add(ev, "data", json_object_get(data));
-    hub_emit(hub, ev);
+    if (hub->bus_ops) {   /* other instances hear of it */
+        ev = json_object_new_object();
+        json_object_object_add(ev, "t", json_object_new_string("eph"));
+        json_object_object_add(ev, "p", json_object_new_string(s->peer));
+        json_object_object_add(ev, "room", json_object_new_string(room_name));
+        json_object_object_add(ev, "data", json_object_get(data));
+        hub_emit(hub, ev);
+    }
     ack(s, id);
 out:
     hub_unlock(hub);
@@ -1000,11 +1006,13 @@ stoa_err_t stoa_hub_publish(stoa_hub_t *hub, const char *room_name, json_object 
         stoa_msg_unref(msg);
         *delivered = HASH_CNT(hh_room, room->members);
     }
-    ev = json_object_new_object();   /* every instance delivers to its own members */
-    json_object_object_add(ev, "t", json_object_new_string("pub"));
-    json_object_object_add(ev, "room", json_object_new_string(room_name));
-    json_object_object_add(ev, "data", json_object_get(data));
-    hub_emit(hub, ev);
+    if (hub->bus_ops) {   /* other instances hear of it */
+        ev = json_object_new_object();   /* every instance delivers to its own members */
+        json_object_object_add(ev, "t", json_object_new_string("pub"));
+        json_object_object_add(ev, "room", json_object_new_string(room_name));
+        json_object_object_add(ev, "data", json_object_get(data));
+        hub_emit(hub, ev);
+    }
     hub_unlock(hub);
     return STOA_OK;
 }
