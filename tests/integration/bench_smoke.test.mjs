@@ -52,7 +52,9 @@ describe('benchmark tools smoke', () => {
       assert.equal(r.duplicates, 0, JSON.stringify(r));
       assert.equal(r.errors, 0, JSON.stringify(r));
       assert.ok(r.lat_ms.p50 >= 0 && r.lat_ms.max >= r.lat_ms.p50);
-      assert.ok(r.server_cpu_s > 0 && r.server_us_per_delivery > 0, JSON.stringify(r));
+      // Read from /proc in clock ticks (10 ms): a light run may show 0.
+      assert.ok(typeof r.server_cpu_s === 'number' && r.server_cpu_s >= 0, JSON.stringify(r));
+      assert.ok(r.server_rss_kb_after > 0, JSON.stringify(r));
     });
   }
 
