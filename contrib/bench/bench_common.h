@@ -6,6 +6,7 @@
 
 #include <openssl/evp.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,6 +96,31 @@ static inline void ws_accept_key(const char *key, size_t keylen, char *out)
     int n = snprintf(cat, sizeof cat, "%.*s%s", (int)(keylen < 100 ? keylen : 100), key, WS_GUID);
     EVP_Digest(cat, (size_t)n, md, &mdlen, EVP_sha1(), NULL);
     EVP_EncodeBlock((unsigned char *)out, md, (int)mdlen);
+}
+
+/* The payload length of the WebSocket frame starting at u (n bytes
+ * there): 1 with the length in *len and the header size before any mask
+ * in *hdr, 0 when the header is not complete yet. */
+static inline int ws_frame_len(const unsigned char *u, size_t n, uint64_t *len, size_t *hdr)
+{
+    if (n < 2)
+        return 0;
+    *len = u[1] & 0x7fu;
+    *hdr = 2;
+    if (*len == 126) {
+        if (n < 4)
+            return 0;
+        *len = (uint64_t)u[2] << 8 | u[3];
+        *hdr = 4;
+    } else if (*len == 127) {
+        if (n < 10)
+            return 0;
+        *len = 0;
+        for (int i = 0; i < 8; i++)
+            *len = *len << 8 | u[2 + i];
+        *hdr = 10;
+    }
+    return 1;
 }
 
 #endif

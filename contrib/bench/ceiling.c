@@ -308,23 +308,10 @@ static void on_frame(struct server *s, struct cconn *c, unsigned op, bool fin, c
 static long frame_parse(struct server *s, struct cconn *c, char *p, size_t n, bool deliver)
 {
     const unsigned char *u = (const unsigned char *)p;
-    if (n < 2)
+    uint64_t len;
+    size_t h;
+    if (!ws_frame_len(u, n, &len, &h))
         return 0;
-    uint64_t len = u[1] & 0x7fu;
-    size_t h = 2;
-    if (len == 126) {
-        if (n < 4)
-            return 0;
-        len = (uint64_t)u[2] << 8 | u[3];
-        h = 4;
-    } else if (len == 127) {
-        if (n < 10)
-            return 0;
-        len = 0;
-        for (int i = 0; i < 8; i++)
-            len = len << 8 | u[2 + i];
-        h = 10;
-    }
     if (len > MSG_MAX)
         return -1;
     bool masked = u[1] & 0x80u;

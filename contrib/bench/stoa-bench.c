@@ -883,23 +883,12 @@ static int ws_parse_header(const unsigned char *p, size_t n, struct wsf *f)
     f->fin = p[0] & 0x80u;
     f->op = p[0] & 0x0fu;
     f->masked = p[1] & 0x80u;
-    uint64_t len = p[1] & 0x7fu;
-    unsigned h = 2;
+    uint64_t len;
+    size_t h;
     if (p[0] & 0x70u)
         return -1; /* no extensions were negotiated */
-    if (len == 126) {
-        if (n < 4)
-            return 0;
-        len = (uint64_t)p[2] << 8 | p[3];
-        h = 4;
-    } else if (len == 127) {
-        if (n < 10)
-            return 0;
-        len = 0;
-        for (int i = 0; i < 8; i++)
-            len = len << 8 | p[2 + i];
-        h = 10;
-    }
+    if (!ws_frame_len(p, n, &len, &h))
+        return 0;
     if (f->masked) {
         if (n < h + 4)
             return 0;
