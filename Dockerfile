@@ -2,7 +2,7 @@
 # Run:   docker run -p 8080:8080 -v stoa-data:/var/lib/stoa stoa
 FROM debian:12 AS build
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      gcc make cmake pkg-config libmicrohttpd-dev libwebsockets-dev libjson-c-dev libjwt-dev \
+      gcc make cmake pkg-config libmicrohttpd-dev libwebsockets-dev libev-dev libjson-c-dev libjwt-dev \
       libinih-dev uthash-dev libpq-dev zlib1g-dev libssl-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY CMakeLists.txt ./
@@ -14,7 +14,7 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTOA_TESTS=OFF && cm
 
 FROM debian:12-slim
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      libmicrohttpd12 libwebsockets17 libjson-c5 libjwt0 libinih1 libpq5 zlib1g libssl3 && rm -rf /var/lib/apt/lists/* \
+      libmicrohttpd12 libwebsockets17 libwebsockets-evlib-ev libev4 libjson-c5 libjwt0 libinih1 libpq5 zlib1g libssl3 && rm -rf /var/lib/apt/lists/* \
     && useradd --system --home /var/lib/stoa --create-home stoa
 COPY --from=build /src/build/stoa /usr/local/bin/stoa
 COPY www /usr/share/stoa/www

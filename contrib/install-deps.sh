@@ -5,7 +5,7 @@
 set -euo pipefail
 
 want=(gcc make cmake pkg-config ca-certificates
-      libmicrohttpd-dev libwebsockets-dev libjson-c-dev libjwt-dev libinih-dev uthash-dev zlib1g-dev libssl-dev
+      libmicrohttpd-dev libwebsockets-dev libwebsockets-evlib-ev libev-dev libjson-c-dev libjwt-dev libinih-dev uthash-dev zlib1g-dev libssl-dev
       libpq-dev)
 if [ "${1:-}" = "--test" ]; then
   want+=(clang check openssl procps curl)

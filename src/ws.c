@@ -12,6 +12,7 @@
 #include "stoa/util.h"
 #include "stoa/wire.h"
 
+#include <ev.h>
 #include <libwebsockets.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -52,6 +53,7 @@ struct stoa_ws {
     const stoa_config_t *cfg;
     stoa_hub_t *hub;
     const stoa_auth_t *auth;
+    struct ev_loop *loop;     /* libev (epoll): lws runs on it, this thread runs it */
     struct lws_context *ctx;
     struct lws_vhost *vh;
     lws_sorted_usec_list_t sweep;   /* the keepalive sweep's timer (service thread) */
@@ -370,6 +372,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     switch (reason) {
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         drain_queues(ws);
+        if (atomic_load(&ws->stop))
+            ev_break(ws->loop, EVBREAK_ALL);   /* service_main goes on to say_goodbye */
         break;
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
         return origin_ok(ws, wsi) ? 0 : 1;
@@ -426,11 +430,10 @@ static void say_goodbye(stoa_ws_t *ws)
         c->going_away = true;
         lws_callback_on_writable(c->wsi);
     }
-    /* A negative timeout makes lws_service poll without waiting, so the
-     * deadline holds even when no event comes. */
+    /* One round without waiting at a time, so the deadline holds even
+     * when no event comes. */
     while (ws->conns && stoa_now_ms() < deadline) {
-        if (lws_service(ws->ctx, -1) < 0)
-            break;
+        ev_run(ws->loop, EVRUN_NOWAIT);
         usleep(2000);
     }
 }
@@ -464,9 +467,9 @@ static void *service_main(void *arg)
 {
     stoa_ws_t *ws = arg;
     lws_sul_schedule(ws->ctx, 0, &ws->sweep, sweep, LWS_US_PER_SEC);
-    while (!atomic_load(&ws->stop))
-        if (lws_service(ws->ctx, 0) < 0)
-            break;
+    /* Until stoa_ws_free: its lws_cancel_service ends up in callback(),
+     * which breaks the loop once ws->stop is set. */
+    ev_run(ws->loop, 0);
     say_goodbye(ws);
     return NULL;
 }
@@ -477,6 +480,7 @@ stoa_ws_t *stoa_ws_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa_aut
     stoa_ws_t *ws = stoa_xcalloc(1, sizeof *ws);
     struct lws_context_creation_info info;
     struct lws_context_creation_info vinfo;
+    void *foreign[1];
 
     ws->cfg = cfg;
     ws->hub = hub;
@@ -485,9 +489,21 @@ stoa_ws_t *stoa_ws_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa_aut
     lws_set_log_level(LLL_ERR | (stoa_log_parse_level(cfg->log_level) >= STOA_LOG_DEBUG ? LLL_WARN : 0),
                       lws_logger);
 
+    /* lws on its own polls every descriptor with poll() on each round:
+     * with thousands of connections that costs more than the writes (see
+     * docs/benchmarks.md). On libev's epoll backend a round costs only the
+     * descriptors that are ready. The loop is ours ("foreign" to lws): this
+     * thread runs it, lws installs no signal handlers on it. */
+    ws->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
+    if (!ws->loop) {
+        snprintf(err, errlen, "libev: cannot create an epoll event loop");
+        goto fail;
+    }
+    foreign[0] = ws->loop;
     memset(&info, 0, sizeof info);
     info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
-    info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+    info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_LIBEV;
+    info.foreign_loops = foreign;
     info.user = ws;
     ws->ctx = lws_create_context(&info);
     if (!ws->ctx) {
@@ -511,6 +527,8 @@ stoa_ws_t *stoa_ws_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa_aut
 fail:
     if (ws->ctx)
         lws_context_destroy(ws->ctx);
+    if (ws->loop)
+        ev_loop_destroy(ws->loop);
     pthread_mutex_destroy(&ws->mu);
     free(ws);
     return NULL;
@@ -526,6 +544,7 @@ void stoa_ws_free(stoa_ws_t *ws)
     /* The service thread is gone: this thread may now use the context.
      * Destroying it closes every connection through LWS_CALLBACK_CLOSED. */
     lws_context_destroy(ws->ctx);
+    ev_loop_destroy(ws->loop);
     for (size_t i = 0; i < ws->nadopt; i++)
         close(ws->adopt_q[i]);
     for (size_t i = 0; i < ws->nwake; i++)
