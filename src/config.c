@@ -76,6 +76,7 @@ static const setting_t settings[] = {
     I(http_memory_limit, "16384", 4096, 1048576, "memory per HTTP connection (bounds request headers), bytes"),
     I(ws_ping_interval_s, "20", 1, 3600, "idle WebSocket time before the server pings, seconds"),
     I(ws_idle_timeout_s, "60", 2, 7200, "idle WebSocket time (no pong, no data) before it is closed, seconds"),
+    I(ws_threads, "0", 0, 64, "WebSocket service threads; connections are dealt to them in turn (0: one per CPU, at most 16)"),
     I(shutdown_timeout_ms, "5000", 0, 600000, "time open connections get to close on shutdown"),
     I(snapshot_max_bytes, "1048576", 1024, 67108864, "largest document snapshot (PUT /v1/rooms/{room}/snapshot body), bytes"),
     I(snapshot_warn_bytes, "524288", 1024, 67108864, "snapshot size above which a save is logged as a warning, bytes"),

@@ -114,8 +114,8 @@ int stoa_server_run(const stoa_config_t *cfg)
         snprintf(err, sizeof err, "cannot start the acceptor thread");
         goto fail;
     }
-    STOA_INFO("stoa %s listening on http://%s (port %d); WebSocket at /v1/ws; jwt %s; anonymous %s",
-              STOA_VERSION, cfg->listen, stoa_acceptor_port(acc), cfg->jwt_alg,
+    STOA_INFO("stoa %s listening on http://%s (port %d); WebSocket at /v1/ws (%d threads); jwt %s; anonymous %s",
+              STOA_VERSION, cfg->listen, stoa_acceptor_port(acc), stoa_ws_threads(cfg), cfg->jwt_alg,
               cfg->allow_anonymous ? "allowed" : "refused");
 
     /* The main thread's clock: presence flushes every presence_tick_ms,

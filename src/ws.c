@@ -1,8 +1,9 @@
 /* ws.c - WebSocket transport over libwebsockets.
  *
- * Threads: the service thread (ws->thread) owns the lws context and every
- * connection. Other threads only push onto ws->adopt_q / ws->wake_q under
- * ws->mu and call lws_cancel_service(); the service thread drains both in
+ * Threads: ws_threads shards, each a service thread that owns its libev
+ * loop, its lws context and every connection dealt to it. Other threads
+ * only push onto a shard's adopt_q / wake_q under its mu and call
+ * lws_cancel_service() on its context; the shard's thread drains both in
  * LWS_CALLBACK_EVENT_WAIT_CANCELLED.
  */
 #include "stoa/ws.h"
@@ -26,7 +27,7 @@ _Static_assert(LWS_PRE <= STOA_MSG_HEADROOM, "message headroom must fit the WebS
 #define WRITE_BURST 32
 
 typedef struct conn {
-    stoa_ws_t *ws;
+    struct shard *sh;         /* its service thread; NULL before established and after close */
     struct lws *wsi;
     stoa_session_t *sess;     /* our reference; NULL before auth or after close */
     char *rx;                 /* reassembly of a fragmented message */
@@ -39,33 +40,45 @@ typedef struct conn {
     bool going_away;          /* shutting down: send a notice, then close 1001 */
     int64_t last_rx_ms;       /* the last data or pong from the client */
     bool ping_due, ping_sent; /* keepalive (sweep() below) */
-    struct conn *self;        /* key of ws->conns */
-    UT_hash_handle hh;        /* in ws->conns: the live connections */
+    struct conn *self;        /* key of sh->conns */
+    UT_hash_handle hh;        /* in sh->conns: the live connections */
 } conn_t;
 
 /* A wakeup handed over from another thread. */
 typedef struct pending_wake {
     stoa_session_t *sess;     /* a reference */
-    conn_t *conn;             /* may be gone: looked up in ws->conns first */
+    conn_t *conn;             /* may be gone: looked up in sh->conns first */
 } pending_wake_t;
 
-struct stoa_ws {
-    const stoa_config_t *cfg;
-    stoa_hub_t *hub;
-    const stoa_auth_t *auth;
+/* One service thread with its own libev loop and lws context (Debian's
+ * libwebsockets is built for one service thread per context). Sockets are
+ * dealt to the shards in turn, so one room's fan-out is written by every
+ * shard's thread at once. */
+typedef struct shard {
+    stoa_ws_t *ws;
     struct ev_loop *loop;     /* libev (epoll): lws runs on it, this thread runs it */
     struct lws_context *ctx;
     struct lws_vhost *vh;
-    lws_sorted_usec_list_t sweep;   /* the keepalive sweep's timer (service thread) */
+    lws_sorted_usec_list_t sweep;   /* the keepalive sweep's timer */
     pthread_t thread;
-    atomic_bool stop;
-    atomic_int nconn;
-    conn_t *conns;            /* established connections (service thread only) */
+    bool started;
+    conn_t *conns;            /* established connections (this shard's thread only) */
     pthread_mutex_t mu;       /* guards the two queues */
     int *adopt_q;
     size_t nadopt, capadopt;
     pending_wake_t *wake_q;
     size_t nwake, capwake;
+} shard_t;
+
+struct stoa_ws {
+    const stoa_config_t *cfg;
+    stoa_hub_t *hub;
+    const stoa_auth_t *auth;
+    atomic_bool stop;
+    atomic_int nconn;         /* established connections, all shards */
+    atomic_uint next;         /* the shard the next socket goes to, modulo nshards */
+    shard_t *shards;
+    int nshards;
 };
 
 static void ws_wake(void *transport, stoa_session_t *sess, void *conn);
@@ -75,38 +88,39 @@ static const stoa_transport_ops_t ws_ops = {
     .wake = ws_wake,
 };
 
-/* Any thread: queue the session and wake the service thread. */
+/* Any thread: queue the session and wake its shard's service thread. */
 static void ws_wake(void *transport, stoa_session_t *sess, void *conn)
 {
-    stoa_ws_t *ws = transport;
+    shard_t *sh = transport;
     bool first;
-    pthread_mutex_lock(&ws->mu);
-    if (ws->nwake == ws->capwake) {
-        ws->capwake = ws->capwake ? ws->capwake * 2 : 64;
-        ws->wake_q = stoa_xrealloc(ws->wake_q, ws->capwake * sizeof *ws->wake_q);
+    pthread_mutex_lock(&sh->mu);
+    if (sh->nwake == sh->capwake) {
+        sh->capwake = sh->capwake ? sh->capwake * 2 : 64;
+        sh->wake_q = stoa_xrealloc(sh->wake_q, sh->capwake * sizeof *sh->wake_q);
     }
-    first = ws->nwake == 0;
-    ws->wake_q[ws->nwake++] = (pending_wake_t){stoa_session_ref(sess), conn};
-    pthread_mutex_unlock(&ws->mu);
+    first = sh->nwake == 0;
+    sh->wake_q[sh->nwake++] = (pending_wake_t){stoa_session_ref(sess), conn};
+    pthread_mutex_unlock(&sh->mu);
     /* The service thread drains the whole queue once woken: only the push
      * that made it non-empty needs to wake it (one write to lws's pipe per
      * batch, not one per recipient). Once stopping, the context is being
      * destroyed on this very thread (stoa_ws_free); the queue is then
      * dropped there. */
-    if (first && !atomic_load(&ws->stop))
-        lws_cancel_service(ws->ctx);
+    if (first && !atomic_load(&sh->ws->stop))
+        lws_cancel_service(sh->ctx);
 }
 
 void stoa_ws_adopt(stoa_ws_t *ws, int fd)
 {
-    pthread_mutex_lock(&ws->mu);
-    if (ws->nadopt == ws->capadopt) {
-        ws->capadopt = ws->capadopt ? ws->capadopt * 2 : 64;
-        ws->adopt_q = stoa_xrealloc(ws->adopt_q, ws->capadopt * sizeof *ws->adopt_q);
+    shard_t *sh = &ws->shards[atomic_fetch_add(&ws->next, 1) % (unsigned)ws->nshards];
+    pthread_mutex_lock(&sh->mu);
+    if (sh->nadopt == sh->capadopt) {
+        sh->capadopt = sh->capadopt ? sh->capadopt * 2 : 64;
+        sh->adopt_q = stoa_xrealloc(sh->adopt_q, sh->capadopt * sizeof *sh->adopt_q);
     }
-    ws->adopt_q[ws->nadopt++] = fd;
-    pthread_mutex_unlock(&ws->mu);
-    lws_cancel_service(ws->ctx);
+    sh->adopt_q[sh->nadopt++] = fd;
+    pthread_mutex_unlock(&sh->mu);
+    lws_cancel_service(sh->ctx);
 }
 
 int stoa_ws_connections(stoa_ws_t *ws)
@@ -114,30 +128,30 @@ int stoa_ws_connections(stoa_ws_t *ws)
     return atomic_load(&ws->nconn);
 }
 
-/* Service thread: adopt queued sockets, ask for writable on woken sessions. */
-static void drain_queues(stoa_ws_t *ws)
+/* Shard thread: adopt queued sockets, ask for writable on woken sessions. */
+static void drain_queues(shard_t *sh)
 {
     int *fds;
     pending_wake_t *wakes;
     size_t nfds, nwakes;
 
-    pthread_mutex_lock(&ws->mu);
-    fds = ws->adopt_q;
-    nfds = ws->nadopt;
-    wakes = ws->wake_q;
-    nwakes = ws->nwake;
-    ws->adopt_q = NULL;
-    ws->nadopt = ws->capadopt = 0;
-    ws->wake_q = NULL;
-    ws->nwake = ws->capwake = 0;
-    pthread_mutex_unlock(&ws->mu);
+    pthread_mutex_lock(&sh->mu);
+    fds = sh->adopt_q;
+    nfds = sh->nadopt;
+    wakes = sh->wake_q;
+    nwakes = sh->nwake;
+    sh->adopt_q = NULL;
+    sh->nadopt = sh->capadopt = 0;
+    sh->wake_q = NULL;
+    sh->nwake = sh->capwake = 0;
+    pthread_mutex_unlock(&sh->mu);
 
     for (size_t i = 0; i < nfds; i++)
-        if (!lws_adopt_socket_vhost(ws->vh, fds[i]))   /* closes the fd on failure */
+        if (!lws_adopt_socket_vhost(sh->vh, fds[i]))   /* closes the fd on failure */
             STOA_WARN("websocket: could not adopt a connection");
     for (size_t i = 0; i < nwakes; i++) {
         conn_t *c;
-        HASH_FIND_PTR(ws->conns, &wakes[i].conn, c);
+        HASH_FIND_PTR(sh->conns, &wakes[i].conn, c);
         if (c)   /* still open: it learns from stoa_session_next what happened */
             lws_callback_on_writable(c->wsi);
         stoa_session_unref(wakes[i].sess);
@@ -192,8 +206,9 @@ static const char *url_arg(struct lws *wsi, const char *name, char *out, size_t 
     return out;
 }
 
-static void on_established(stoa_ws_t *ws, conn_t *c, struct lws *wsi)
+static void on_established(shard_t *sh, conn_t *c, struct lws *wsi)
 {
+    stoa_ws_t *ws = sh->ws;
     char *qbuf = stoa_xmalloc(STOA_TOKEN_MAX + 16), *cookie_buf = stoa_xmalloc(STOA_TOKEN_MAX + 1);
     char *authz = header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION), *cookie = header(wsi, WSI_TOKEN_HTTP_COOKIE);
     char sid_buf[STOA_SESSION_ID_LEN + 16], seq_buf[40];
@@ -205,17 +220,17 @@ static void on_established(stoa_ws_t *ws, conn_t *c, struct lws *wsi)
     char why[256];
 
     memset(c, 0, sizeof *c);
-    c->ws = ws;
+    c->sh = sh;
     c->wsi = wsi;
     c->last_rx_ms = stoa_now_ms();
     c->self = c;
-    HASH_ADD_PTR(ws->conns, self, c);
+    HASH_ADD_PTR(sh->conns, self, c);
     if (atomic_fetch_add(&ws->nconn, 1) >= ws->cfg->max_connections) {
         close_with(c, STOA_ERR_SERVER_FULL, "too many connections; try again later", STOA_WS_CLOSE_TRY_LATER);
         goto out;
     }
     token = stoa_access_token(qtoken, authz, cookie, ws->cfg->token_cookie, cookie_buf, STOA_TOKEN_MAX + 1);
-    code = stoa_access_connect(ws->hub, ws->auth, ws->cfg, token, sid, last_seq, &ws_ops, ws, c, &c->sess,
+    code = stoa_access_connect(ws->hub, ws->auth, ws->cfg, token, sid, last_seq, &ws_ops, sh, c, &c->sess,
                                &c->hello, why, sizeof why);
     if (code) {
         STOA_INFO("websocket: refused: %s", why);
@@ -343,11 +358,12 @@ static int on_writable(conn_t *c, struct lws *wsi)
     return 0;
 }
 
-static void on_closed(stoa_ws_t *ws, conn_t *c)
+static void on_closed(conn_t *c)
 {
-    if (!c->ws)
+    shard_t *sh = c->sh;
+    if (!sh)
         return;   /* never established */
-    HASH_DEL(ws->conns, c);
+    HASH_DEL(sh->conns, c);
     if (c->sess) {
         /* A client that said goodbye (close frame) ends its session; one
          * that vanished may come back within session_grace_ms. */
@@ -360,34 +376,34 @@ static void on_closed(stoa_ws_t *ws, conn_t *c)
     c->hello = c->last_words = NULL;
     free(c->rx);
     c->rx = NULL;
-    c->ws = NULL;
-    atomic_fetch_sub(&ws->nconn, 1);
+    c->sh = NULL;
+    atomic_fetch_sub(&sh->ws->nconn, 1);
 }
 
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
-    stoa_ws_t *ws = lws_context_user(lws_get_context(wsi));
+    shard_t *sh = lws_context_user(lws_get_context(wsi));
     conn_t *c = user;
 
     switch (reason) {
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
-        drain_queues(ws);
-        if (atomic_load(&ws->stop))
-            ev_break(ws->loop, EVBREAK_ALL);   /* service_main goes on to say_goodbye */
+        drain_queues(sh);
+        if (atomic_load(&sh->ws->stop))
+            ev_break(sh->loop, EVBREAK_ALL);   /* service_main goes on to say_goodbye */
         break;
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
-        return origin_ok(ws, wsi) ? 0 : 1;
+        return origin_ok(sh->ws, wsi) ? 0 : 1;
     case LWS_CALLBACK_ESTABLISHED:
-        on_established(ws, c, wsi);
+        on_established(sh, c, wsi);
         break;
     case LWS_CALLBACK_RECEIVE:
-        on_receive(ws, c, wsi, in, len);
+        on_receive(sh->ws, c, wsi, in, len);
         break;
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
         c->peer_closed = true;
         break;
     case LWS_CALLBACK_RECEIVE_PONG:
-        if (c->ws) {
+        if (c->sh) {
             c->last_rx_ms = stoa_now_ms();
             c->ping_sent = false;
         }
@@ -395,7 +411,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return on_writable(c, wsi);
     case LWS_CALLBACK_CLOSED:
-        on_closed(ws, c);
+        on_closed(c);
         break;
     default:
         break;
@@ -423,17 +439,17 @@ static void lws_logger(int level, const char *line)
 /* Service thread, on stop: send what is queued (the server's shutdown
  * notice last), close with 1001, and keep serving until they are gone or
  * shutdown_timeout_ms passes. */
-static void say_goodbye(stoa_ws_t *ws)
+static void say_goodbye(shard_t *sh)
 {
-    int64_t deadline = stoa_now_ms() + ws->cfg->shutdown_timeout_ms;
-    for (conn_t *c = ws->conns; c; c = c->hh.next) {
+    int64_t deadline = stoa_now_ms() + sh->ws->cfg->shutdown_timeout_ms;
+    for (conn_t *c = sh->conns; c; c = c->hh.next) {
         c->going_away = true;
         lws_callback_on_writable(c->wsi);
     }
     /* One round without waiting at a time, so the deadline holds even
      * when no event comes. */
-    while (ws->conns && stoa_now_ms() < deadline) {
-        ev_run(ws->loop, EVRUN_NOWAIT);
+    while (sh->conns && stoa_now_ms() < deadline) {
+        ev_run(sh->loop, EVRUN_NOWAIT);
         usleep(2000);
     }
 }
@@ -446,10 +462,10 @@ static void say_goodbye(stoa_ws_t *ws)
  * second. */
 static void sweep(lws_sorted_usec_list_t *sul)
 {
-    stoa_ws_t *ws = lws_container_of(sul, stoa_ws_t, sweep);
-    int64_t now = stoa_now_ms(), ping = (int64_t)ws->cfg->ws_ping_interval_s * 1000,
-            idle = (int64_t)ws->cfg->ws_idle_timeout_s * 1000;
-    for (conn_t *c = ws->conns; c; c = c->hh.next) {
+    shard_t *sh = lws_container_of(sul, shard_t, sweep);
+    int64_t now = stoa_now_ms(), ping = (int64_t)sh->ws->cfg->ws_ping_interval_s * 1000,
+            idle = (int64_t)sh->ws->cfg->ws_idle_timeout_s * 1000;
+    for (conn_t *c = sh->conns; c; c = c->hh.next) {
         int64_t quiet = now - c->last_rx_ms;
         if (quiet >= idle) {
             STOA_DEBUG("websocket: closing a connection silent for %lld ms", (long long)quiet);
@@ -459,77 +475,131 @@ static void sweep(lws_sorted_usec_list_t *sul)
             lws_callback_on_writable(c->wsi);
         }
     }
-    if (!atomic_load(&ws->stop))
-        lws_sul_schedule(ws->ctx, 0, &ws->sweep, sweep, LWS_US_PER_SEC);
+    if (!atomic_load(&sh->ws->stop))
+        lws_sul_schedule(sh->ctx, 0, &sh->sweep, sweep, LWS_US_PER_SEC);
 }
 
 static void *service_main(void *arg)
 {
-    stoa_ws_t *ws = arg;
-    lws_sul_schedule(ws->ctx, 0, &ws->sweep, sweep, LWS_US_PER_SEC);
+    shard_t *sh = arg;
+    lws_sul_schedule(sh->ctx, 0, &sh->sweep, sweep, LWS_US_PER_SEC);
     /* Until stoa_ws_free: its lws_cancel_service ends up in callback(),
      * which breaks the loop once ws->stop is set. */
-    ev_run(ws->loop, 0);
-    say_goodbye(ws);
+    ev_run(sh->loop, 0);
+    say_goodbye(sh);
     return NULL;
+}
+
+static bool shard_init(stoa_ws_t *ws, shard_t *sh, char *err, size_t errlen)
+{
+    struct lws_context_creation_info info;
+    struct lws_context_creation_info vinfo;
+    void *foreign[1];
+
+    sh->ws = ws;
+    pthread_mutex_init(&sh->mu, NULL);
+    /* lws on its own polls every descriptor with poll() on each round:
+     * with thousands of connections that costs more than the writes (see
+     * docs/benchmarks.md). On libev's epoll backend a round costs only the
+     * descriptors that are ready. The loop is ours ("foreign" to lws): the
+     * shard's thread runs it, lws installs no signal handlers on it. */
+    sh->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
+    if (!sh->loop) {
+        snprintf(err, errlen, "libev: cannot create an epoll event loop");
+        return false;
+    }
+    foreign[0] = sh->loop;
+    memset(&info, 0, sizeof info);
+    info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
+    info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_LIBEV;
+    info.foreign_loops = foreign;
+    info.user = sh;
+    sh->ctx = lws_create_context(&info);
+    if (!sh->ctx) {
+        snprintf(err, errlen, "libwebsockets: cannot create a context");
+        return false;
+    }
+    memset(&vinfo, 0, sizeof vinfo);
+    vinfo.port = CONTEXT_PORT_NO_LISTEN_SERVER;
+    vinfo.vhost_name = "stoa";
+    vinfo.protocols = protocols;
+    sh->vh = lws_create_vhost(sh->ctx, &vinfo);
+    if (!sh->vh) {
+        snprintf(err, errlen, "libwebsockets: cannot create a vhost");
+        return false;
+    }
+    return true;
+}
+
+/* After its thread has stopped (or never started). Destroying the context
+ * closes its connections through LWS_CALLBACK_CLOSED. */
+static void shard_destroy(shard_t *sh)
+{
+    if (!sh->ws)
+        return;   /* never initialised */
+    if (sh->ctx)
+        lws_context_destroy(sh->ctx);
+    if (sh->loop)
+        ev_loop_destroy(sh->loop);
+    for (size_t i = 0; i < sh->nadopt; i++)
+        close(sh->adopt_q[i]);
+    for (size_t i = 0; i < sh->nwake; i++)
+        stoa_session_unref(sh->wake_q[i].sess);
+    free(sh->adopt_q);
+    free(sh->wake_q);
+    pthread_mutex_destroy(&sh->mu);
+}
+
+/* Stop every started shard thread, then destroy every shard. */
+static void shards_stop(stoa_ws_t *ws)
+{
+    atomic_store(&ws->stop, true);
+    for (int i = 0; i < ws->nshards; i++)
+        if (ws->shards[i].started)
+            lws_cancel_service(ws->shards[i].ctx);
+    for (int i = 0; i < ws->nshards; i++)
+        if (ws->shards[i].started)
+            pthread_join(ws->shards[i].thread, NULL);
+    /* The threads are gone: this thread may now use the contexts. */
+    for (int i = 0; i < ws->nshards; i++)
+        shard_destroy(&ws->shards[i]);
+    free(ws->shards);
+}
+
+int stoa_ws_threads(const stoa_config_t *cfg)
+{
+    long cpus;
+    if (cfg->ws_threads > 0)
+        return cfg->ws_threads;
+    cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    return cpus < 1 ? 1 : cpus > 16 ? 16 : (int)cpus;
 }
 
 stoa_ws_t *stoa_ws_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa_auth_t *auth, char *err,
                        size_t errlen)
 {
     stoa_ws_t *ws = stoa_xcalloc(1, sizeof *ws);
-    struct lws_context_creation_info info;
-    struct lws_context_creation_info vinfo;
-    void *foreign[1];
 
     ws->cfg = cfg;
     ws->hub = hub;
     ws->auth = auth;
-    pthread_mutex_init(&ws->mu, NULL);
     lws_set_log_level(LLL_ERR | (stoa_log_parse_level(cfg->log_level) >= STOA_LOG_DEBUG ? LLL_WARN : 0),
                       lws_logger);
-
-    /* lws on its own polls every descriptor with poll() on each round:
-     * with thousands of connections that costs more than the writes (see
-     * docs/benchmarks.md). On libev's epoll backend a round costs only the
-     * descriptors that are ready. The loop is ours ("foreign" to lws): this
-     * thread runs it, lws installs no signal handlers on it. */
-    ws->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
-    if (!ws->loop) {
-        snprintf(err, errlen, "libev: cannot create an epoll event loop");
-        goto fail;
-    }
-    foreign[0] = ws->loop;
-    memset(&info, 0, sizeof info);
-    info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
-    info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_LIBEV;
-    info.foreign_loops = foreign;
-    info.user = ws;
-    ws->ctx = lws_create_context(&info);
-    if (!ws->ctx) {
-        snprintf(err, errlen, "libwebsockets: cannot create a context");
-        goto fail;
-    }
-    memset(&vinfo, 0, sizeof vinfo);
-    vinfo.port = CONTEXT_PORT_NO_LISTEN_SERVER;
-    vinfo.vhost_name = "stoa";
-    vinfo.protocols = protocols;
-    ws->vh = lws_create_vhost(ws->ctx, &vinfo);
-    if (!ws->vh) {
-        snprintf(err, errlen, "libwebsockets: cannot create a vhost");
-        goto fail;
-    }
-    if (pthread_create(&ws->thread, NULL, service_main, ws) != 0) {
-        snprintf(err, errlen, "cannot start the WebSocket thread");
-        goto fail;
+    ws->nshards = stoa_ws_threads(cfg);
+    ws->shards = stoa_xcalloc((size_t)ws->nshards, sizeof *ws->shards);
+    for (int i = 0; i < ws->nshards; i++)
+        if (!shard_init(ws, &ws->shards[i], err, errlen))
+            goto fail;
+    for (int i = 0; i < ws->nshards; i++) {
+        if (pthread_create(&ws->shards[i].thread, NULL, service_main, &ws->shards[i]) != 0) {
+            snprintf(err, errlen, "cannot start a WebSocket thread");
+            goto fail;
+        }
+        ws->shards[i].started = true;
     }
     return ws;
 fail:
-    if (ws->ctx)
-        lws_context_destroy(ws->ctx);
-    if (ws->loop)
-        ev_loop_destroy(ws->loop);
-    pthread_mutex_destroy(&ws->mu);
+    shards_stop(ws);
     free(ws);
     return NULL;
 }
@@ -538,19 +608,6 @@ void stoa_ws_free(stoa_ws_t *ws)
 {
     if (!ws)
         return;
-    atomic_store(&ws->stop, true);
-    lws_cancel_service(ws->ctx);
-    pthread_join(ws->thread, NULL);
-    /* The service thread is gone: this thread may now use the context.
-     * Destroying it closes every connection through LWS_CALLBACK_CLOSED. */
-    lws_context_destroy(ws->ctx);
-    ev_loop_destroy(ws->loop);
-    for (size_t i = 0; i < ws->nadopt; i++)
-        close(ws->adopt_q[i]);
-    for (size_t i = 0; i < ws->nwake; i++)
-        stoa_session_unref(ws->wake_q[i].sess);
-    free(ws->adopt_q);
-    free(ws->wake_q);
-    pthread_mutex_destroy(&ws->mu);
+    shards_stop(ws);
     free(ws);
 }

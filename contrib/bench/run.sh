@@ -22,7 +22,10 @@
 #   --only TARGET    stoa, nchan, nodews or ceiling
 #   --scenario NAME  only the runs whose name starts with NAME: fanout,
 #                    fanout-1x1000, fanout-100x10, fanout-1x10000, ramp,
-#                    presence, idle, cross
+#                    presence, idle, cross (fanout-1x10000-ws-spread: Stoa
+#                    on every core, ws_threads = CPUs, nothing pinned;
+#                    every other run pins the server, Stoa with one
+#                    WebSocket thread, to CPU 0 and the generator to CPU 1)
 #   --duration SEC   measured seconds per run (default 10)
 #   --warmup SEC     warm-up seconds per run, not measured (default 2)
 #   --idle-conns N   connections per transport in the idle-memory runs
@@ -247,8 +250,12 @@ start_server() {   # target
   SERVER_DIR=$(mktemp -d "$work/$t.XXXXXX")
   case "$t" in
     stoa)
-      # --www-dir "" is one argument: no word splitting of stoa_flags here
-      "${pin_server[@]}" "$STOA" serve --listen "127.0.0.1:$SERVER_PORT" --data-dir "$SERVER_DIR" --www-dir "" \
+      # --www-dir "" is one argument: no word splitting of stoa_flags here.
+      # One WebSocket thread on its one core, like the peers; the spread
+      # run gives it every core.
+      local ws_threads=1 pin=("${pin_server[@]}")
+      if [ "$SPREAD" = 1 ]; then ws_threads=$ncpu; pin=(); fi
+      "${pin[@]}" "$STOA" serve --ws-threads "$ws_threads" --listen "127.0.0.1:$SERVER_PORT" --data-dir "$SERVER_DIR" --www-dir "" \
         --api-keys "$api_key" --ephemeral-per-min 6000000 --ephemeral-burst 100000 \
         --presence-rate 1000 --presence-burst 1000 --max-connections 30000 --max-peers-per-room 20000 \
         --session-buffer-msgs 1024 --max-pending-handshakes 16384 --log-level warn ${STOA_DB_URL:+--database "$STOA_DB_URL"} \
@@ -330,6 +337,7 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- runs
 failures=0
+SPREAD=0   # 1: the server on every core (ws_threads = CPUs), nothing pinned
 quick_delivered=""
 
 # gen TARGET RUN-NAME ARGS...: one generator run against the running server;
@@ -350,7 +358,9 @@ gen() {
   local busy0 srv0 busy1 srv1 TIMEFORMAT='%R %U %S'
   busy0=$(cpu_busy)
   srv0=$(pids_cpu "$SERVER_PID")
-  raw=$( { time timeout -k 10 $((duration + warmup + 300)) "${pin_gen[@]}" "$BENCH" --target "$t" --host 127.0.0.1 \
+  local pin=("${pin_gen[@]}")
+  [ "$SPREAD" = 1 ] && pin=()
+  raw=$( { time timeout -k 10 $((duration + warmup + 300)) "${pin[@]}" "$BENCH" --target "$t" --host 127.0.0.1 \
     --port "$SERVER_PORT" --server-pid "$SERVER_PID" --api-key "$api_key" \
     --duration "$duration" --warmup "$warmup" --json "$@" 2>"$log.gen.log"; } 2>"$log.time") || rc=$?
   busy1=$(cpu_busy)
@@ -478,6 +488,13 @@ run_target() {
   fi
   one "$t" fanout-100x10-ws --scenario fanout --transport ws --rooms 100 --subs 10 --pubs 1 --rate 10
   one "$t" "fanout-1x$big_subs-ws" --scenario fanout --transport ws --rooms 1 --subs "$big_subs" --pubs 1 --rate 20
+  if [ "$t" = stoa ] && [ "$ncpu" -ge 2 ]; then
+    # One room's fan-out written by every core at once (ws_threads =
+    # CPUs); the generator shares those cores, unpinned.
+    SPREAD=1
+    one "$t" "fanout-1x$big_subs-ws-spread" --scenario fanout --transport ws --rooms 1 --subs "$big_subs" --pubs 1 --rate 20
+    SPREAD=0
+  fi
   for r in 200 400 800; do   # 100 is fanout-1x1000-ws
     one "$t" "ramp-1x1000-$r" --scenario fanout --transport ws --rooms 1 --subs 1000 --pubs 1 --rate "$r"
   done

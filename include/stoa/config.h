@@ -70,6 +70,7 @@ typedef struct stoa_config {
     int http_memory_limit;
     int ws_ping_interval_s;
     int ws_idle_timeout_s;
+    int ws_threads;
     int shutdown_timeout_ms;
     /* snapshots */
     int snapshot_max_bytes;

@@ -1,8 +1,10 @@
 /* ws.h - the WebSocket transport (libwebsockets), an adapter over the hub.
  *
- * libwebsockets runs one service thread owned by this module; every lws
- * call except lws_cancel_service happens there. Sockets arrive from the
- * acceptor through stoa_ws_adopt (a queue plus lws_cancel_service).
+ * ws_threads service threads (shards), each with its own libev (epoll)
+ * loop and lws context, owned by this module; every lws call except
+ * lws_cancel_service happens on the thread of the connection's shard.
+ * Sockets arrive from the acceptor through stoa_ws_adopt (a queue plus
+ * lws_cancel_service) and are dealt to the shards in turn.
  */
 #ifndef STOA_WS_H
 #define STOA_WS_H
@@ -31,6 +33,9 @@ stoa_ws_t *stoa_ws_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa_aut
 /* Hand over an accepted socket whose first bytes (still unread) are a
  * WebSocket upgrade request. Takes ownership of fd. Any thread. */
 void stoa_ws_adopt(stoa_ws_t *ws, int fd);
+/* The number of service threads cfg asks for (ws_threads; 0: one per
+ * online CPU, at most 16). */
+int stoa_ws_threads(const stoa_config_t *cfg);
 /* Open WebSocket connections (approximate; any thread). */
 int stoa_ws_connections(stoa_ws_t *ws);
 /* Stop the service thread, close every connection (their peers leave

@@ -1,0 +1,85 @@
+// Several WebSocket service threads (ws_threads): connections are dealt to
+// them in turn, and everything between connections of different threads
+// behaves as on one: fan-out, presence, order, resuming a session on
+// another thread, keepalive, shutdown.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { useStoa, itStopsCleanly, roomPresence } from './lib/stoa.mjs';
+
+describe('ws_threads 3', () => {
+  const srv = useStoa(['--ws-threads', '3', '--ephemeral-burst', '1000', '--session-grace-ms', '10000']);
+
+  it('the start-up log says how many threads serve WebSockets', () => {
+    assert.match(srv.logs(), /WebSocket at \/v1\/ws \(3 threads\)/);
+  });
+
+  it('nine peers on three threads: each message reaches the eight others once, in order', async () => {
+    const peers = [];
+    for (let i = 0; i < 9; i++) {
+      const c = await srv.client();
+      await c.join('doc:threads', { i });
+      peers.push(c);
+    }
+    const body = await roomPresence(srv, 'doc:threads');
+    assert.equal(body.peers.length, 9);
+    // Every peer sends 20 numbered messages at once, from every thread.
+    for (const c of peers) for (let n = 0; n < 20; n++) c.send({ type: 'ephemeral', room: 'doc:threads', data: { from: c.peer, n } });
+    for (const c of peers) await c.sync();
+    await Promise.all(peers.map((c) => c.sync()));
+    for (const c of peers) {
+      const got = c.received.filter((m) => m.type === 'ephemeral');
+      assert.equal(got.length, 8 * 20, `peer ${c.peer} got ${got.length}`);
+      assert.ok(got.every((m) => m.from !== c.peer), 'nothing comes back to its sender');
+      for (const other of peers.filter((p) => p !== c)) {
+        const ns = got.filter((m) => m.from === other.peer).map((m) => m.data.n);
+        assert.deepEqual(ns, [...Array(20).keys()], `from ${other.peer} to ${c.peer}: once each, in order`);
+      }
+    }
+    await Promise.all(peers.map((c) => c.close()));
+  });
+
+  it('a session resumed on a connection that lands on another thread keeps its numbering', async () => {
+    const a = await srv.client();
+    await a.join('doc:resume');
+    const b = await srv.client();
+    await b.join('doc:resume');
+    await a.next('peer_joined');
+    const session = a.welcome.session;
+    assert.ok(session, 'the welcome names the session');
+    a.terminate();   // vanishes without a close frame: the session waits for it
+    await a.closed;
+    b.send({ type: 'ephemeral', room: 'doc:resume', data: 'while away' });
+    await b.sync();
+    // Connections go to the threads in turn: of the next three, at least
+    // two are on another thread than a's was; resume on each of them.
+    let last = null;
+    for (let k = 0; k < 3; k++) {
+      const r = await srv.client({ path: `/v1/ws?session=${session}${last ? `&last_seq=${last}` : ''}` });
+      assert.equal(r.welcome.resumed, true);
+      assert.equal(r.peer, a.peer);
+      if (k === 0) {
+        const eph = await r.next('ephemeral');
+        assert.equal(eph.data, 'while away');
+      }
+      b.send({ type: 'ephemeral', room: 'doc:resume', data: `after ${k}` });
+      const m = await r.next((x) => x.type === 'ephemeral' && x.data === `after ${k}`);
+      assert.equal(m.from, b.peer);
+      await r.sync();
+      last = r.welcome.seq + r.received.length - r.received.indexOf(r.welcome) - 1;
+      r.terminate();
+      await r.closed;
+    }
+    const body = await roomPresence(srv, 'doc:resume');
+    assert.deepEqual(body.peers.map((p) => p.peer).sort(), [a.peer, b.peer].sort());
+    await b.close();
+  });
+
+  itStopsCleanly(srv);
+});
+
+describe('ws_threads out of range', () => {
+  it('--ws-threads 65 is refused at start-up', async () => {
+    const { startStoa } = await import('./lib/stoa.mjs');
+    await assert.rejects(startStoa(['--ws-threads', '65']), /ws.threads|ws_threads/);
+  });
+});
