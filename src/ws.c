@@ -257,6 +257,13 @@ static void on_receive(stoa_ws_t *ws, conn_t *c, struct lws *wsi, const char *in
         c->rxlen = 0;
         c->rx_too_big = false;
         c->rx_binary = lws_frame_is_binary(wsi);
+        /* The whole message in one piece (most are): handled in place, no
+         * copy and no buffer kept for the connection. */
+        if (lws_is_final_fragment(wsi) && lws_remaining_packet_payload(wsi) == 0 && c->sess &&
+            !c->rx_binary && len <= max) {
+            stoa_proto_handle(c->sess, in, len);
+            return;
+        }
     }
     if (!c->rx_too_big && c->rxlen + len > max) {
         c->rx_too_big = true;
@@ -279,11 +286,11 @@ static void on_receive(stoa_ws_t *ws, conn_t *c, struct lws *wsi, const char *in
     } else {
         stoa_proto_handle(c->sess, c->rx, c->rxlen);
     }
-    if (c->rxcap > 16384) {   /* do not keep a large buffer around */
-        free(c->rx);
-        c->rx = NULL;
-        c->rxcap = 0;
-    }
+    /* Messages in several pieces are the exception: keep no buffer for
+     * them between messages (an idle connection holds none). */
+    free(c->rx);
+    c->rx = NULL;
+    c->rxcap = 0;
     c->rxlen = 0;
 }
 

@@ -135,6 +135,25 @@ describe('three peers in doc:1', () => {
     assert.deepEqual(c.peek((m) => m.type === 'ephemeral' || m.type === 'error'), []);
   });
 
+  it('a message in WebSocket fragments, and one larger than a receive chunk, each arrive whole', async () => {
+    // Three continuation frames make one message.
+    const text = JSON.stringify({ type: 'ephemeral', room: 'doc:1', data: { parts: 'abc'.repeat(50) } });
+    const cut = [0, 40, 200, text.length];
+    for (let i = 0; i < 3; i++) c.sendRaw(text.slice(cut[i], cut[i + 1]), { fin: i === 2 });
+    // One frame of 3,000 bytes: libwebsockets hands it over in pieces.
+    const big = 'x'.repeat(3000);
+    c.send({ type: 'ephemeral', room: 'doc:1', data: big });
+    // And a small one after both: nothing of the earlier ones is left over.
+    c.send({ type: 'ephemeral', room: 'doc:1', data: 'small' });
+    for (const x of [a, b]) {
+      assert.deepEqual((await x.next('ephemeral')).data, { parts: 'abc'.repeat(50) });
+      assert.equal((await x.next('ephemeral')).data, big);
+      assert.equal((await x.next('ephemeral')).data, 'small');
+    }
+    await c.sync();
+    assert.deepEqual(c.peek('error'), []);
+  });
+
   it('leave: ack to the leaver, peer_left reason "leave" to the others', async () => {
     c.send({ type: 'leave', room: 'doc:1', id: 5 });
     assert.deepEqual(await c.next('ack'), { type: 'ack', id: 5 });
