@@ -25,6 +25,10 @@ _Static_assert(LWS_PRE <= STOA_MSG_HEADROOM, "message headroom must fit the WebS
 
 /* Messages written in one writable callback at most, when a backlog waits. */
 #define WRITE_BURST 32
+/* A backlog is framed into one buffer of this size per shard and sent with
+ * one write; a WebSocket frame header is at most 10 bytes. */
+#define COALESCE_BYTES 65536
+#define FRAME_HEADER_MAX 10
 
 typedef struct conn {
     struct shard *sh;         /* its service thread; NULL before established and after close */
@@ -60,6 +64,7 @@ typedef struct shard {
     struct lws_context *ctx;
     struct lws_vhost *vh;
     lws_sorted_usec_list_t sweep;   /* the keepalive sweep's timer */
+    unsigned char *wbuf;      /* LWS_PRE + COALESCE_BYTES: a backlog's frames (this thread) */
     pthread_t thread;
     bool started;
     conn_t *conns;            /* established connections (this shard's thread only) */
@@ -302,6 +307,70 @@ static int write_msg(struct lws *wsi, stoa_msg_t *msg)
     return n < (int)len ? -1 : 0;
 }
 
+/* Frame msg as one unmasked text frame at out; returns the bytes used
+ * (at most stoa_msg_len(msg) + FRAME_HEADER_MAX). */
+static size_t frame_into(unsigned char *out, const stoa_msg_t *msg)
+{
+    size_t len = stoa_msg_len(msg), h = 2;
+    out[0] = 0x81;   /* FIN, text */
+    if (len < 126) {
+        out[1] = (unsigned char)len;
+    } else if (len <= 0xffff) {
+        out[1] = 126;
+        out[2] = (unsigned char)(len >> 8);
+        out[3] = (unsigned char)len;
+        h = 4;
+    } else {
+        out[1] = 127;
+        for (int i = 0; i < 8; i++)
+            out[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+        h = 10;
+    }
+    memcpy(out + h, stoa_msg_text(msg), len);
+    return h + len;
+}
+
+static int write_raw(shard_t *sh, struct lws *wsi, size_t used)
+{
+    return used && lws_write(wsi, sh->wbuf + LWS_PRE, used, LWS_WRITE_RAW) < (int)used ? -1 : 0;
+}
+
+/* A backlog (the reader, or this thread, fell behind): up to WRITE_BURST
+ * messages, first then the session's next ones, framed into the shard's
+ * buffer and sent with one write instead of one each (a message too large
+ * for the buffer goes by itself, in order). Stops early once the socket
+ * is full. Sets *more when messages still wait. Takes first. */
+static int write_backlog(conn_t *c, struct lws *wsi, stoa_msg_t *first, bool *more)
+{
+    shard_t *sh = c->sh;
+    stoa_msg_t *msg = first;
+    size_t used = 0;
+    bool gone;
+
+    for (int burst = 1;; burst++) {
+        size_t need = stoa_msg_len(msg) + FRAME_HEADER_MAX;
+        if (need > COALESCE_BYTES - used) {
+            if (write_raw(sh, wsi, used) < 0) {
+                stoa_msg_unref(msg);
+                return -1;
+            }
+            used = 0;
+        }
+        if (need > COALESCE_BYTES) {
+            if (write_msg(wsi, msg) < 0)
+                return -1;
+        } else {
+            used += frame_into(sh->wbuf + LWS_PRE + used, msg);
+            stoa_msg_unref(msg);
+        }
+        if (!*more || !c->sess || burst == WRITE_BURST || (used == 0 && lws_send_pipe_choked(wsi)))
+            break;
+        if (!(msg = stoa_session_next_more(c->sess, c, NULL, &gone, more)))
+            break;
+    }
+    return write_raw(sh, wsi, used);
+}
+
 /* Returns -1 to close the connection. */
 static int on_writable(conn_t *c, struct lws *wsi)
 {
@@ -345,17 +414,11 @@ static int on_writable(conn_t *c, struct lws *wsi)
         }
         return 0;
     }
-    if (write_msg(wsi, msg) < 0)
-        return -1;
-    /* A backlog (the reader, or this thread, fell behind): send more of it
-     * in this callback while the socket takes it, instead of one message
-     * per round of the event loop over every connection. */
-    for (int burst = 1; more && c->sess && burst < WRITE_BURST && !lws_send_pipe_choked(wsi); burst++) {
-        msg = stoa_session_next_more(c->sess, c, NULL, &gone, &more);
-        if (!msg)
-            break;
+    if (!more) {   /* keeping up: the one message, from its shared buffer */
         if (write_msg(wsi, msg) < 0)
             return -1;
+    } else if (write_backlog(c, wsi, msg, &more) < 0) {
+        return -1;
     }
     /* More waiting (or the hello went first): be called again. Otherwise
      * the next wake asks. A session closed meanwhile shows as "no more"
@@ -431,7 +494,9 @@ static const struct lws_protocols protocols[] = {
     /* rx_buffer_size: lws gives each connection a receive buffer this large
      * (default 4 KiB); client messages are small, and callback() reassembles
      * larger ones, so a small one saves memory per idle connection. */
-    {"stoa.v1", callback, sizeof(conn_t), 256, 0, NULL, 0},
+    /* tx_packet_size: lws sends at most this much per send() (without it,
+     * rx_buffer_size + 20: a 30 KB message would take 110 rounds). */
+    {"stoa.v1", callback, sizeof(conn_t), 256, 0, NULL, 1 << 20},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
@@ -505,6 +570,7 @@ static bool shard_init(stoa_ws_t *ws, shard_t *sh, char *err, size_t errlen)
 
     sh->ws = ws;
     pthread_mutex_init(&sh->mu, NULL);
+    sh->wbuf = stoa_xmalloc(LWS_PRE + COALESCE_BYTES);
     /* lws on its own polls every descriptor with poll() on each round:
      * with thousands of connections that costs more than the writes (see
      * docs/benchmarks.md). On libev's epoll backend a round costs only the
@@ -554,6 +620,7 @@ static void shard_destroy(shard_t *sh)
         stoa_session_unref(sh->wake_q[i].sess);
     free(sh->adopt_q);
     free(sh->wake_q);
+    free(sh->wbuf);
     pthread_mutex_destroy(&sh->mu);
 }
 

@@ -77,6 +77,42 @@ describe('ws_threads 3', () => {
   itStopsCleanly(srv);
 });
 
+describe('a backlog goes out framed in batches', () => {
+  const srv = useStoa(['--max-message-bytes', '200000', '--ephemeral-burst', '100000', '--ephemeral-per-min', '6000000',
+    '--session-buffer-msgs', '5000']);
+
+  it('3,000 messages sent at once, small and over 64 KiB mixed, arrive whole, once each, in order', async () => {
+    const a = await srv.client();
+    await a.join('doc:burst');
+    const b = await srv.client();
+    await b.join('doc:burst');
+    await a.next('peer_joined');
+    const big = (n) => `${n}:` + 'y'.repeat(100000);
+    // a reads nothing while b sends: the messages wait in a's buffer and
+    // go out as one backlog when a reads again.
+    a.ws._socket.pause();
+    try {
+      for (let n = 0; n < 3000; n++) {
+        b.send({ type: 'ephemeral', room: 'doc:burst', data: n % 500 === 7 ? big(n) : { n } });
+      }
+      await b.sync();
+    } finally {
+      a.ws._socket.resume();
+    }
+    await a.sync(30000);
+    const got = a.received.filter((m) => m.type === 'ephemeral');
+    assert.equal(got.length, 3000);
+    got.forEach((m, n) => {
+      if (n % 500 === 7) assert.equal(m.data, big(n), `message ${n}`);
+      else assert.deepEqual(m.data, { n }, `message ${n}`);
+    });
+    assert.deepEqual(a.peek((m) => m.type === 'resync' || m.type === 'error'), []);
+    await Promise.all([a.close(), b.close()]);
+  });
+
+  itStopsCleanly(srv);
+});
+
 describe('ws_threads out of range', () => {
   it('--ws-threads 65 is refused at start-up', async () => {
     const { startStoa } = await import('./lib/stoa.mjs');
