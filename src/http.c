@@ -13,18 +13,93 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- responses ---- */
+
+/* The CORS headers for an allowed Origin ("%s": the origin): one list for
+ * MHD's responses and the stream thread's. */
+static const struct {
+    const char *name, *value;
+} cors_headers[] = {
+    {MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, "%s"},
+    {"Access-Control-Allow-Credentials", "true"},
+    {"Access-Control-Expose-Headers", "ETag"},
+    {MHD_HTTP_HEADER_VARY, "Origin"},
+};
 
 void stoa_http_cors(call_t *c, struct MHD_Response *r)
 {
     if (!c->origin)
         return;
-    MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, c->origin);
-    MHD_add_response_header(r, "Access-Control-Allow-Credentials", "true");
-    MHD_add_response_header(r, "Access-Control-Expose-Headers", "ETag");
-    MHD_add_response_header(r, MHD_HTTP_HEADER_VARY, "Origin");
+    for (size_t i = 0; i < STOA_ARRAY_LEN(cors_headers); i++)
+        MHD_add_response_header(r, cors_headers[i].name,
+                                strcmp(cors_headers[i].value, "%s") == 0 ? c->origin : cors_headers[i].value);
+}
+
+char *stoa_http_head(unsigned status, const char *type, const char *cache, const char *origin, const char *extra,
+                     int64_t length, bool chunked, bool keep_alive, size_t *len)
+{
+    const char *reason = MHD_get_reason_phrase_for(status);
+    size_t cap = 512 + (origin ? strlen(origin) : 0) + (extra ? strlen(extra) : 0), n;
+    char *h = stoa_xmalloc(cap), date[64];
+    time_t now = time(NULL);
+    struct tm tm;
+
+    gmtime_r(&now, &tm);
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    n = (size_t)snprintf(h, cap, "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nCache-Control: %s\r\n", status,
+                         reason && reason[0] ? reason : "Unknown", type, cache);
+    for (size_t i = 0; origin && i < STOA_ARRAY_LEN(cors_headers); i++)
+        n += (size_t)snprintf(h + n, cap - n, "%s: %s\r\n", cors_headers[i].name,
+                              strcmp(cors_headers[i].value, "%s") == 0 ? origin : cors_headers[i].value);
+    n += (size_t)snprintf(h + n, cap - n, "%sDate: %s\r\n", extra ? extra : "", date);
+    if (length >= 0)
+        n += (size_t)snprintf(h + n, cap - n, "Content-Length: %lld\r\n", (long long)length);
+    else if (chunked)
+        n += (size_t)snprintf(h + n, cap - n, "Transfer-Encoding: chunked\r\n");
+    n += (size_t)snprintf(h + n, cap - n, "%s\r\n", keep_alive ? "" : "Connection: close\r\n");
+    *len = n;
+    return h;
+}
+
+char *stoa_http_error_body(stoa_err_t code, const char *message, size_t *len)
+{
+    json_object *o = json_object_new_object(), *e = json_object_new_object();
+    const char *text;
+    char *copy;
+    json_object_object_add(e, "code", json_object_new_string(stoa_err_name(code)));
+    json_object_object_add(e, "message", json_object_new_string(message));
+    json_object_object_add(o, "error", e);
+    text = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN, len);
+    copy = stoa_xstrndup(text, *len);
+    json_object_put(o);
+    return copy;
+}
+
+bool stoa_http_keep_alive(call_t *c)
+{
+    const char *conn = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONNECTION);
+    if (!c->version || strcmp(c->version, MHD_HTTP_VERSION_1_1) != 0)
+        return false;
+    for (const char *cur = conn, *tok; conn && (tok = strcasestr(cur, "close")); cur = tok + 5) {
+        bool start = tok == conn || tok[-1] == ',' || tok[-1] == ' ' || tok[-1] == '\t';
+        bool end = tok[5] == '\0' || tok[5] == ',' || tok[5] == ' ' || tok[5] == '\t';
+        if (start && end)
+            return false;
+    }
+    return true;
+}
+
+int stoa_http_take_socket(call_t *c)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) {
+        errno = EBADF;
+        return -1;
+    }
+    return fcntl(ci->connect_fd, F_DUPFD_CLOEXEC, 0);
 }
 
 enum MHD_Result stoa_http_send_text(call_t *c, unsigned status, const char *type, const char *text, size_t len,
@@ -54,22 +129,17 @@ enum MHD_Result stoa_http_send_json(call_t *c, unsigned status, json_object *obj
 enum MHD_Result stoa_http_send_error_h(call_t *c, stoa_err_t code, const char *hname, const char *hvalue,
                                     const char *fmt, ...)
 {
-    char msg[512];
+    char msg[512], *text;
     va_list ap;
-    json_object *o = json_object_new_object(), *e = json_object_new_object();
     size_t len = 0;
-    const char *text;
     enum MHD_Result ret;
 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    json_object_object_add(e, "code", json_object_new_string(stoa_err_name(code)));
-    json_object_object_add(e, "message", json_object_new_string(msg));
-    json_object_object_add(o, "error", e);
-    text = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN, &len);
+    text = stoa_http_error_body(code, msg, &len);
     ret = stoa_http_send_text(c, stoa_err_http_status(code), "application/json", text, len, hname, hvalue);
-    json_object_put(o);
+    free(text);
     return ret;
 }
 
@@ -401,6 +471,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     call.http = h;
     call.conn = conn;
     call.method = method;
+    call.version = version;
     call.req = req;
     return dispatch(&call, url);
 }
@@ -410,8 +481,6 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     request_t *req = *con_cls;
     if (req) {
-        if (req->done)
-            req->done(cls, req->stream);
         free(req->body);
         free(req);
         *con_cls = NULL;
@@ -429,6 +498,8 @@ __attribute__((format(printf, 2, 0))) static void mhd_logger(void *cls, const ch
     STOA_DEBUG("mhd: %s", line);
 }
 
+static void give_back(void *ud, int fd);
+
 stoa_http_t *stoa_http_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa_auth_t *auth,
                            stoa_store_t *store, char *err, size_t errlen)
 {
@@ -437,20 +508,25 @@ stoa_http_t *stoa_http_new(const stoa_config_t *cfg, stoa_hub_t *hub, const stoa
     h->hub = hub;
     h->auth = auth;
     h->store = store;
-    h->park = stoa_park_new();
+    h->stream = stoa_stream_new(cfg->max_connections, cfg->http_idle_timeout_s * 1000, give_back, h, err, errlen);
+    if (!h->stream) {
+        free(h);
+        return NULL;
+    }
+    /* MHD_USE_TURBO: MHD closes a connection without shutdown(), which is
+     * what lets a handler take the socket over (stoa_http_take_socket). */
     h->daemon = MHD_start_daemon(
-        MHD_USE_NO_LISTEN_SOCKET | MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
-            MHD_USE_ERROR_LOG,
+        MHD_USE_NO_LISTEN_SOCKET | MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_TURBO | MHD_USE_ITC | MHD_USE_ERROR_LOG,
         0, NULL, NULL, on_request, h,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->http_memory_limit,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->http_idle_timeout_s,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, h,
         MHD_OPTION_END);
     if (!h->daemon) {
         snprintf(err, errlen, "libmicrohttpd: cannot start the HTTP daemon");
-        stoa_park_free(h->park);
+        stoa_stream_free(h->stream);
         free(h);
         return NULL;
     }
@@ -468,32 +544,38 @@ void stoa_http_add(stoa_http_t *h, int fd, const struct sockaddr *addr, socklen_
         STOA_WARN("http: connection refused (limit of %d reached?)", h->cfg->max_connections);
 }
 
-void stoa_http_park_wake(void *transport, stoa_session_t *sess, void *conn)
+/* The stream thread is done with a keep-alive socket: MHD serves its next
+ * request as on a new connection. */
+static void give_back(void *ud, int fd)
 {
-    stoa_park_wake(transport, conn);
+    stoa_http_t *h = ud;
+    struct sockaddr_storage addr;
+    socklen_t addrlen = sizeof addr;
+    if (getpeername(fd, (struct sockaddr *)&addr, &addrlen) < 0) {
+        close(fd);   /* the peer is gone */
+        return;
+    }
+    stoa_http_add(h, fd, (struct sockaddr *)&addr, addrlen);
 }
 
-void stoa_http_tick(stoa_http_t *h, int64_t now_ms)
+void stoa_http_stream_wake(void *transport, stoa_session_t *sess, void *conn)
 {
-    stoa_park_tick(h->park, now_ms);
+    (void)sess;
+    stoa_stream_wake(transport, (uint64_t)(uintptr_t)conn);
 }
 
 void stoa_http_free(stoa_http_t *h)
 {
-    int64_t deadline;
     if (!h)
         return;
-    /* MHD aborts if a connection is still suspended when it stops: resume
-     * them all (streams end, polls answer) and wait, bounded, until their
-     * requests complete. */
-    deadline = stoa_now_ms() + h->cfg->shutdown_timeout_ms;
-    stoa_park_close(h->park);
-    while (stoa_park_count(h->park) > 0 && stoa_now_ms() < deadline)
-        usleep(5000);
-    if (stoa_park_count(h->park) > 0)
-        STOA_WARN("http: %zu streams still open after %d ms; stopping anyway", stoa_park_count(h->park),
+    /* Streams end and polls answer (bounded by shutdown_timeout_ms); from
+     * then on no socket goes back to MHD, which can stop. The stream
+     * thread stops last: MHD's handlers may still hand it a stream (it is
+     * ended at once). */
+    if (stoa_stream_close(h->stream, h->cfg->shutdown_timeout_ms) > 0)
+        STOA_WARN("http: %zu streams still open after %d ms; stopping anyway", stoa_stream_count(h->stream),
                   h->cfg->shutdown_timeout_ms);
     MHD_stop_daemon(h->daemon);
-    stoa_park_free(h->park);
+    stoa_stream_free(h->stream);
     free(h);
 }

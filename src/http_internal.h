@@ -1,7 +1,9 @@
 /* http_internal.h - shared by the files of the HTTP side (http.c, the
  * session REST API, SSE, long-poll); not a public header.
  *
- * Every handler runs on libmicrohttpd's thread.
+ * Every handler runs on libmicrohttpd's thread. SSE streams and held
+ * long-polls continue on the stream thread (stream.h) after their handler
+ * took the socket from MHD.
  */
 #ifndef STOA_HTTP_INTERNAL_H
 #define STOA_HTTP_INTERNAL_H
@@ -12,8 +14,8 @@
 #include "stoa/auth.h"
 #include "stoa/http.h"
 #include "stoa/hub.h"
-#include "stoa/park.h"
 #include "stoa/store.h"
+#include "stoa/stream.h"
 
 #define PATH_ARG_MAX 1024
 
@@ -21,27 +23,25 @@ struct stoa_http {
     const stoa_config_t *cfg;
     stoa_hub_t *hub;
     const stoa_auth_t *auth;
-    stoa_park_t *park;
+    stoa_stream_t *stream;        /* SSE streams and held polls, outside MHD */
     stoa_store_t *store;
     stoa_bus_t *bus;             /* NULL without a database */
     struct MHD_Daemon *daemon;
 };
 
 /* Per-request state, made on the first call and freed when MHD completes
- * the request. A handler that keeps state across calls (a long-poll that
- * was suspended) hangs it on `stream` with `done` to free it. */
+ * the request. */
 typedef struct request {
     char *body;
     size_t len;
     bool too_big;
-    void *stream;
-    void (*done)(stoa_http_t *http, void *stream);
 } request_t;
 
 typedef struct call {
     stoa_http_t *http;
     struct MHD_Connection *conn;
     const char *method;
+    const char *version;         /* "HTTP/1.1"... */
     request_t *req;
     char arg[PATH_ARG_MAX];      /* the first {} segment, when the route has one */
     char arg2[PATH_ARG_MAX];     /* the second */
@@ -58,6 +58,28 @@ typedef struct {
 
 /* CORS headers for an allowed browser Origin (none without one). */
 void stoa_http_cors(call_t *c, struct MHD_Response *r);
+
+/* The head of a response written outside MHD (the stream thread): the
+ * status line, Content-Type, Cache-Control, CORS headers for origin (NULL:
+ * none), `extra` (complete header lines, or NULL), Date, then
+ * Content-Length: length, or with length < 0 Transfer-Encoding: chunked
+ * when chunked; Connection: close unless keep_alive. The same headers as
+ * MHD would send. Returns a new string owned by the caller (free()), its
+ * length in *len. */
+char *stoa_http_head(unsigned status, const char *type, const char *cache, const char *origin, const char *extra,
+                     int64_t length, bool chunked, bool keep_alive, size_t *len);
+/* {"error":{"code","message"}} as a new string owned by the caller
+ * (free()), its length in *len. */
+char *stoa_http_error_body(stoa_err_t code, const char *message, size_t *len);
+/* Whether the connection may serve another request after this one
+ * (HTTP/1.1 without Connection: close). */
+bool stoa_http_keep_alive(call_t *c);
+/* Take the request's socket from MHD for the stream thread: a duplicate
+ * of MHD's descriptor (owned by the caller), or -1 with errno. The
+ * handler must then return MHD_NO without queueing a response: MHD
+ * closes its own descriptor without shutdown() (MHD_USE_TURBO), so the
+ * connection lives on in the duplicate. */
+int stoa_http_take_socket(call_t *c);
 
 /* Responses. Every answer carries Cache-Control: no-store and, for an
  * allowed Origin, CORS headers. text is copied. */
@@ -100,9 +122,10 @@ enum MHD_Result stoa_integrator_publish(call_t *c);
 enum MHD_Result stoa_integrator_kick(call_t *c);
 enum MHD_Result stoa_integrator_notice(call_t *c);
 
-/* The wake of SSE and long-poll: transport is the park, conn the parked
- * connection (stoa_park_wake checks it is still there). */
-void stoa_http_park_wake(void *transport, stoa_session_t *sess, void *conn);
+/* The wake of SSE and long-poll: transport is the stream module, conn the
+ * connection id (stoa_stream_new_id) cast to a pointer. */
+void stoa_http_stream_wake(void *transport, stoa_session_t *sess, void *conn);
+#define STOA_HTTP_CONN(id) ((void *)(uintptr_t)(id))
 
 /* Transport ops of SSE and long-poll. */
 extern const stoa_transport_ops_t stoa_sse_ops;

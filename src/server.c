@@ -66,7 +66,7 @@ int stoa_server_run(const stoa_config_t *cfg)
     stoa_ws_t *ws = NULL;
     stoa_acceptor_t *acc = NULL;
     int rc = 1, step;
-    int64_t next_tick, next_park;
+    int64_t next_tick;
 
     stoa_log_set_level((stoa_log_level_t)stoa_log_parse_level(cfg->log_level));
     /* With a database: connect, check the schema version and prove LISTEN/
@@ -118,11 +118,10 @@ int stoa_server_run(const stoa_config_t *cfg)
               STOA_VERSION, cfg->listen, stoa_acceptor_port(acc), stoa_ws_threads(cfg), cfg->jwt_alg,
               cfg->allow_anonymous ? "allowed" : "refused");
 
-    /* The main thread's clock: presence flushes every presence_tick_ms,
-     * parked connections' deadlines every TICK_MS, the hub's housekeeping
-     * every second. */
+    /* The main thread's clock: presence flushes every presence_tick_ms
+     * (waking at least every TICK_MS), the hub's housekeeping every
+     * second. */
     next_tick = stoa_now_ms() + 1000;
-    next_park = stoa_now_ms() + TICK_MS;
     step = cfg->presence_tick_ms > 0 && cfg->presence_tick_ms < TICK_MS ? cfg->presence_tick_ms : TICK_MS;
     for (;;) {
         struct timespec ts = {step / 1000, (long)(step % 1000) * 1000000L};
@@ -135,10 +134,6 @@ int stoa_server_run(const stoa_config_t *cfg)
         now = stoa_now_ms();
         if (cfg->presence_tick_ms > 0)
             stoa_hub_flush_presence(hub, now);
-        if (now >= next_park) {
-            stoa_http_tick(http, now);
-            next_park = now + TICK_MS;
-        }
         if (now >= next_tick) {
             stoa_hub_tick(hub, now);
             next_tick += 1000;

@@ -68,6 +68,7 @@ typedef struct stoa_config {
     int handshake_timeout_ms;
     int max_pending_handshakes;
     int http_memory_limit;
+    int http_idle_timeout_s;
     int ws_ping_interval_s;
     int ws_idle_timeout_s;
     int ws_threads;

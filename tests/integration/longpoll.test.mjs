@@ -2,9 +2,11 @@
 // batch upstream (POST /v1/sessions/{id}/messages).
 import { describe, it, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { useStoa, itStopsCleanly, sleep, waitFor } from './lib/stoa.mjs';
 import {
-  closeAll, createSession, deleteSession, getSession, poll, postMessages, postOk, request,
+  closeAll, createSession, deleteSession, getSession, poll, postMessages, postOk, request, Poller, track,
+  transportCounts,
 } from './lib/sessions.mjs';
 
 /** A poll that is still held: resolves {settled} without waiting for it. */
@@ -300,6 +302,143 @@ describe('long-poll: poll_max_bytes', () => {
     assert.ok(sizes.length >= 3, `12 messages of 1 KiB in ${sizes.length} answers (${sizes})`);
     await deleteSession(srv, s.session);
     await pub.close();
+  });
+
+  itStopsCleanly(srv);
+});
+
+/** A raw HTTP/1.1 connection: write requests, read everything (text). */
+function rawConn(srv) {
+  const sock = net.connect(srv.port, '127.0.0.1');
+  const c = { sock, data: '', closed: false };
+  sock.setEncoding('utf8');
+  sock.on('data', (d) => { c.data += d; });
+  sock.on('close', () => { c.closed = true; });
+  sock.on('error', () => {});
+  c.until = (pred, what, timeoutMs = 8000) => waitFor(() => pred(c.data), { timeoutMs, what });
+  c.close = () => sock.destroy();
+  return track(c);
+}
+
+/** The complete HTTP responses (Content-Length bodies) in text: [{head, body}]. */
+function responses(text) {
+  const out = [];
+  let at = 0;
+  for (;;) {
+    const end = text.indexOf('\r\n\r\n', at);
+    if (end < 0) return out;
+    const head = text.slice(at, end);
+    const len = Number((head.match(/\r\ncontent-length: *(\d+)/i) ?? [])[1] ?? 0);
+    if (text.length < end + 4 + len) return out;
+    out.push({ head, body: text.slice(end + 4, end + 4 + len) });
+    at = end + 4 + len;
+  }
+}
+
+const pollReq = (id, after, extra = '') =>
+  `GET /v1/sessions/${id}/poll?after=${after} HTTP/1.1\r\nHost: 127.0.0.1\r\n${extra}\r\n`;
+
+describe('long-poll: held polls outside libmicrohttpd', () => {
+  afterEach(closeAll);
+  const TIMEOUT = 1500;
+  const srv = useStoa(['--poll-timeout-ms', String(TIMEOUT), '--ephemeral-burst', '1000',
+    '--ephemeral-per-min', '600000']);
+
+  it('1,000 pollers in one room each get every message once, in order', async () => {
+    const N = 1000;
+    const M = 20;
+    const sessions = [];
+    for (let i = 0; i < N; i += 50) {
+      sessions.push(...await Promise.all(Array.from({ length: Math.min(50, N - i) }, async () => {
+        const s = await createSession(srv);
+        await postOk(srv, s.session, { type: 'join', room: 'doc:many', observe: true });
+        return s;
+      })));
+    }
+    const pollers = sessions.map((s) => Poller.start(srv, s.session));
+    await Promise.all(pollers.map((p) => p.next('room_state', 20000)));
+    await waitFor(async () => ((await transportCounts(srv)).longpoll ?? 0) > N / 2,
+      { timeoutMs: 20000, what: 'polls held' });
+    const pub = await srv.client();
+    await pub.join('doc:many');
+    for (let k = 0; k < M; k++) {
+      pub.send({ type: 'ephemeral', room: 'doc:many', data: { k } });
+      if (k % 5 === 4) await sleep(50);   // some arrive on held polls, some between polls
+    }
+    await Promise.all(pollers.map(async (p) => {
+      for (let k = 0; k < M; k++) {
+        const m = await p.next((e) => e.type === 'ephemeral', 30000);
+        assert.equal(m.data.k, k, 'in order');
+      }
+    }));
+    for (const p of pollers) {
+      const seqs = p.received.map((m) => p.seqOf(m));
+      assert.deepEqual(seqs, Array.from({ length: seqs.length }, (_, i) => i + 1), 'seqs 1, 2, 3... once each');
+    }
+    await Promise.all(pollers.map((p) => p.stop()));
+    await pub.close();
+  });
+
+  it('a poll answered, then the next poll on the same connection is held and answered too', async () => {
+    const s = await createSession(srv);
+    await postOk(srv, s.session, { type: 'join', room: 'doc:ka' });
+    const c = rawConn(srv);
+    c.sock.write(pollReq(s.session, 0));   // answered at once: room_state
+    await c.until((d) => responses(d).length === 1, 'the first answer');
+    c.sock.write(pollReq(s.session, 1));   // held
+    await waitFor(async () => (await getSession(srv, s.session)).body.transport === 'longpoll',
+      { what: 'the second poll held' });
+    await postOk(srv, s.session, { type: 'ping', id: 'p1' });
+    await c.until((d) => responses(d).length === 2, 'the held poll answered');
+    c.sock.write(pollReq(s.session, 2));   // held again, on the same connection, after the handoff
+    await waitFor(async () => (await getSession(srv, s.session)).body.transport === 'longpoll',
+      { what: 'the third poll held' });
+    await postOk(srv, s.session, { type: 'ping', id: 'p2' });
+    await c.until((d) => responses(d).length === 3, 'the third answer');
+    c.sock.write(pollReq(s.session, 3));   // nothing comes: answered empty at the timeout
+    await c.until((d) => responses(d).length === 4, 'the timeout answer', TIMEOUT + 5000);
+    const rs = responses(c.data);
+    for (const r of rs) {
+      assert.match(r.head, /^HTTP\/1\.1 200 OK\r\n/);
+      assert.match(r.head, /\r\nContent-Type: application\/json(\r\n|$)/);
+      assert.match(r.head, /\r\nCache-Control: no-store(\r\n|$)/);
+      assert.doesNotMatch(r.head, /Connection: close/i);
+    }
+    const bodies = rs.map((r) => JSON.parse(r.body));
+    assert.deepEqual(bodies.map((b) => [b.first_seq, b.last_seq]), [[1, 1], [2, 2], [3, 3], [4, 3]]);
+    assert.deepEqual(bodies.map((b) => b.messages.map((m) => m.type)), [['room_state'], ['pong'], ['pong'], []]);
+    assert.equal(c.closed, false, 'kept alive');
+    c.close();
+    await deleteSession(srv, s.session);
+  });
+
+  it('a held poll with Connection: close is answered, then the connection closes', async () => {
+    const s = await createSession(srv);
+    const c = rawConn(srv);
+    c.sock.write(pollReq(s.session, 0, 'Connection: close\r\n'));
+    await waitFor(async () => (await getSession(srv, s.session)).body.transport === 'longpoll',
+      { what: 'the poll held' });
+    await postOk(srv, s.session, { type: 'ping', id: 'p' });
+    await c.until((d) => responses(d).length === 1, 'the answer');
+    assert.match(responses(c.data)[0].head, /\r\nConnection: close(\r\n|$)/i);
+    await waitFor(() => c.closed, { timeoutMs: 3000, what: 'the connection closed' });
+    await deleteSession(srv, s.session);
+  });
+
+  it('a held poll whose client goes away detaches the session at once', async () => {
+    const s = await createSession(srv);
+    const c = rawConn(srv);
+    c.sock.write(pollReq(s.session, 0));
+    await waitFor(async () => (await getSession(srv, s.session)).body.transport === 'longpoll',
+      { what: 'the poll held' });
+    c.close();
+    await waitFor(async () => (await getSession(srv, s.session)).body.transport === null,
+      { timeoutMs: TIMEOUT - 500, what: 'the session detached before the poll timeout' });
+    // What comes meanwhile waits for the next poll.
+    await postOk(srv, s.session, { type: 'ping', id: 'p' });
+    const r = await poll(srv, s.session, { after: 0 });
+    assert.deepEqual(r.body.messages.map((m) => m.type), ['pong']);
+    await deleteSession(srv, s.session);
   });
 
   itStopsCleanly(srv);

@@ -9,6 +9,7 @@ import { EventSource } from 'eventsource';
 import { useStoa, itStopsCleanly, sleep, waitFor } from './lib/stoa.mjs';
 import {
   Inbox, SseStream, Poller, track, closeAll, createSession, deleteSession, getSession, postOk, postMessages,
+  transportCounts,
 } from './lib/sessions.mjs';
 
 /**
@@ -378,6 +379,121 @@ describe('SSE: a client that vanishes', () => {
     const r = await postMessages(srv, s.session, { type: 'ping' });
     assert.equal(r.body.error.code, 'SESSION_NOT_FOUND');
     await watcher.close();
+  });
+
+  itStopsCleanly(srv);
+});
+
+/** A raw HTTP/1.1 connection: write requests, read everything (text). */
+function rawConn(srv) {
+  const sock = net.connect(srv.port, '127.0.0.1');
+  const c = { sock, data: '', closed: false };
+  sock.setEncoding('utf8');
+  sock.on('data', (d) => { c.data += d; });
+  sock.on('close', () => { c.closed = true; });
+  sock.on('error', () => {});
+  c.until = (pred, what) => waitFor(() => pred(c.data), { timeoutMs: 8000, what });
+  c.close = () => sock.destroy();
+  return track(c);
+}
+
+describe('SSE: streams outside libmicrohttpd', () => {
+  afterEach(closeAll);
+  const srv = useStoa(['--sse-heartbeat-s', '30', '--ephemeral-burst', '1000', '--ephemeral-per-min', '600000']);
+
+  it('1,000 streams in one room each get every message once, in order', async () => {
+    const N = 1000;
+    const M = 20;
+    const sessions = [];
+    for (let i = 0; i < N; i += 50) {
+      sessions.push(...await Promise.all(Array.from({ length: Math.min(50, N - i) }, async () => {
+        const s = await createSession(srv);
+        await postOk(srv, s.session, { type: 'join', room: 'doc:many', observe: true });
+        return s;
+      })));
+    }
+    const streams = [];
+    for (let i = 0; i < N; i += 100) {
+      streams.push(...await Promise.all(sessions.slice(i, i + 100).map(async (s) => {
+        const x = await SseStream.open(srv, s.session);
+        assert.equal(x.status, 200);
+        await x.next('room_state');
+        return x;
+      })));
+    }
+    const pub = await srv.client();
+    await pub.join('doc:many');
+    for (let k = 0; k < M; k++) pub.send({ type: 'ephemeral', room: 'doc:many', data: { k } });
+    await Promise.all(streams.map(async (x) => {
+      for (let k = 0; k < M; k++) {
+        const m = await x.next((e) => e.type === 'ephemeral', 20000);
+        assert.equal(m.data.k, k, 'in order');
+      }
+    }));
+    assert.equal((await transportCounts(srv)).sse ?? 0, N, 'all still attached');
+    for (const x of streams) {
+      const ids = x.ids;
+      assert.deepEqual(ids, Array.from({ length: ids.length }, (_, i) => i + 1), 'ids 1, 2, 3... once each');
+      x.cut();
+    }
+    await waitFor(async () => ((await transportCounts(srv)).sse ?? 0) === 0,
+      { timeoutMs: 5000, what: 'every cut stream detached' });
+    await pub.close();
+  });
+
+  it('a client that closes mid-stream is detached at once, not at the next heartbeat', async () => {
+    const s = await createSession(srv);
+    const x = await SseStream.open(srv, s.session);
+    await x.next('welcome');
+    assert.equal((await getSession(srv, s.session)).body.transport, 'sse');
+    x.cut();
+    await waitFor(async () => (await getSession(srv, s.session)).body.transport === null,
+      { timeoutMs: 3000, what: 'the session detached (heartbeat is 30 s)' });
+    // The session resumes on a new stream with nothing lost.
+    await postOk(srv, s.session, { type: 'ping', id: 'p' });
+    const y = await SseStream.open(srv, s.session, { lastSeq: 0 });
+    assert.equal(y.seqOf(await y.next('pong')), 1);
+    y.cut();
+    await deleteSession(srv, s.session);
+  });
+
+  it('a stream on a keep-alive connection after a POST; once it ends, the connection serves the next request', async () => {
+    const c = rawConn(srv);
+    c.sock.write('POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n');
+    await c.until((d) => /"session":"[0-9a-zA-Z]+"/.test(d), 'the session');
+    const id = c.data.match(/"session":"([0-9a-zA-Z]+)"/)[1];
+    const mark = c.data.length;
+    c.sock.write(`GET /v1/sessions/${id}/sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n`);
+    await c.until((d) => d.slice(mark).includes('"type":"welcome"'), 'the welcome');
+    const head = c.data.slice(mark, c.data.indexOf('\r\n\r\n', mark));
+    assert.match(head, /^HTTP\/1\.1 200 OK\r\n/);
+    assert.match(head, /\r\nTransfer-Encoding: chunked(\r\n|$)/i);
+    assert.match(head, /\r\nContent-Type: text\/event-stream; charset=utf-8(\r\n|$)/);
+    assert.doesNotMatch(head, /Connection: close/i);
+    // A second stream supersedes this one: it ends with the last chunk...
+    const other = await SseStream.open(srv, id);
+    await other.next('welcome');
+    await c.until((d) => d.endsWith('\r\n0\r\n\r\n'), 'the end of the chunked stream');
+    // ...and the same connection is served again.
+    const mark2 = c.data.length;
+    c.sock.write('GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+    await c.until((d) => d.slice(mark2).includes('"status":"ok"'), 'healthz on the same connection');
+    assert.match(c.data.slice(mark2), /^HTTP\/1\.1 200/);
+    assert.equal(c.closed, false);
+    other.cut();
+    c.close();
+    await deleteSession(srv, id);
+  });
+
+  it('Connection: close: the stream ends by closing the connection (no chunking)', async () => {
+    const s = await createSession(srv);
+    const c = rawConn(srv);
+    c.sock.write(`GET /v1/sessions/${s.session}/sse HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`);
+    await c.until((d) => d.includes('"type":"welcome"'), 'the welcome');
+    assert.match(c.data, /\r\nConnection: close\r\n/i);
+    assert.doesNotMatch(c.data, /Transfer-Encoding/i);
+    await deleteSession(srv, s.session);   // the stream ends
+    await waitFor(() => c.closed, { timeoutMs: 3000, what: 'the connection closed' });
   });
 
   itStopsCleanly(srv);
