@@ -43,8 +43,12 @@ typedef struct inbound {
     struct inbound *next;
     char origin[STOA_BUS_INSTANCE_LEN + 1];
     uint64_t seq;
-    json_object *events;   /* NULL until fetched when in the table */
     long long row;         /* stoa_bus_payloads id, 0 when inline */
+    bool ready;            /* events known (false until fetched when in the table) */
+    bool snap, bye;        /* it holds a "snap", a "bye" */
+    char *text;            /* the payload text, which the events point into */
+    stoa_hub_bus_event_t *ev;
+    size_t nev, capev;
 } inbound_t;
 
 /* Another instance. */
@@ -85,8 +89,12 @@ struct stoa_bus {
     int64_t last_sent_ms, last_touch_ms, last_clean_ms, next_connect_ms;
     int backoff;
     inbound_t *ihead, *itail;
-    char *batch;            /* the payload being built or sent */
+    char *batch;            /* the payloads being built or sent, each NUL-terminated */
     size_t batchcap;
+    char **notify_sql;      /* [k]: the statement sending k payloads, made when first needed */
+    int backend_pid;        /* of the connection: notifications from it are our own */
+    json_tokener *tok;      /* for the events that are parsed */
+    atomic_bool kick_needed;   /* an event went into an empty queue (or one was dropped) */
 };
 
 static const stoa_hub_bus_ops_t bus_ops;
@@ -119,6 +127,7 @@ static void bus_emit(void *ud, const char *text, size_t len)
         bus->qbytes = 0;
         bus->dropped++;
         bus->overflow = true;
+        atomic_store(&bus->kick_needed, true);
         pthread_mutex_unlock(&bus->qlock);
         return;
     }
@@ -127,10 +136,16 @@ static void bus_emit(void *ud, const char *text, size_t len)
     it->len = len;
     memcpy(it->text, text, len);
     it->text[len] = '\0';
-    if (bus->qtail)
+    if (bus->qtail) {
         bus->qtail->next = it;
-    else
+    } else {
+        /* The thread takes from a non-empty queue whenever no statement is
+         * in flight, and looks again when one finishes: only an event
+         * into an empty queue needs to wake it (one eventfd write per
+         * batch rather than per event). */
         bus->qhead = it;
+        atomic_store(&bus->kick_needed, true);
+    }
     bus->qtail = it;
     bus->qbytes += len;
     pthread_mutex_unlock(&bus->qlock);
@@ -146,7 +161,9 @@ static void wake(stoa_bus_t *bus)
 
 static void bus_kick(void *ud)
 {
-    wake(ud);
+    stoa_bus_t *bus = ud;
+    if (atomic_exchange(&bus->kick_needed, false))
+        wake(bus);
 }
 
 static const stoa_hub_bus_ops_t bus_ops = {.emit = bus_emit, .kick = bus_kick};
@@ -194,13 +211,22 @@ static void ask_sync(stoa_bus_t *bus, origin_t *o, int64_t now)
     stoa_hub_bus_sync(bus->hub, o->id);
 }
 
+/* Free a payload not (or no longer) handed to the hub. */
+static void free_inbound(inbound_t *in)
+{
+    for (size_t i = 0; i < in->nev; i++)
+        json_object_put(in->ev[i].obj);
+    free(in->ev);
+    free(in->text);
+    free(in);
+}
+
 static void clear_inbound(stoa_bus_t *bus)
 {
     while (bus->ihead) {
         inbound_t *in = bus->ihead;
         bus->ihead = in->next;
-        json_object_put(in->events);
-        free(in);
+        free_inbound(in);
     }
     bus->itail = NULL;
 }
@@ -244,6 +270,10 @@ static bool send_query(stoa_bus_t *bus, query_t kind, const char *sql, int n, co
     return true;
 }
 
+/* The statement sending k payloads, prepared on each connection: no parse
+ * or plan per statement. */
+#define NOTIFY_STMT "stoa_bus_notify_%d"
+
 static const char NOTIFY_SQL[] = "SELECT pg_notify('" STOA_BUS_CHANNEL "', $1)";
 static const char BIG_SQL[] =
     "WITH p AS (INSERT INTO stoa_bus_payloads (origin, payload) VALUES ($1, $2) RETURNING id) "
@@ -266,18 +296,86 @@ static void batch_reserve(stoa_bus_t *bus, size_t need)
     }
 }
 
-/* Pack queued events into one payload and send it (or, with nothing
- * queued, a heartbeat when one is due). Returns true when a statement was
- * sent. */
+/* bus_notify_batch, within the range config.c allows. */
+static int max_payloads(const stoa_bus_t *bus)
+{
+    int n = bus->cfg->bus_notify_batch;
+    return n < 1 ? 1 : n > 64 ? 64 : n;
+}
+
+/* SELECT pg_notify('stoa_bus', $1), ..., pg_notify('stoa_bus', $k): k
+ * payloads in one statement, so in one transaction, queued in that order
+ * (a target list is evaluated left to right). */
+static const char *notify_sql(stoa_bus_t *bus, int k)
+{
+    if (!bus->notify_sql)
+        bus->notify_sql = stoa_xcalloc(64 + 1, sizeof *bus->notify_sql);
+    if (!bus->notify_sql[k]) {
+        size_t cap = 16 + (size_t)k * 40, len;
+        char *sql = stoa_xmalloc(cap);
+        len = (size_t)snprintf(sql, cap, "SELECT ");
+        for (int i = 1; i <= k; i++)
+            len += (size_t)snprintf(sql + len, cap - len, "%spg_notify('" STOA_BUS_CHANNEL "', $%d)", i > 1 ? ", " : "",
+                                    i);
+        bus->notify_sql[k] = sql;
+    }
+    return bus->notify_sql[k];
+}
+
+/* Write {"o":"<instance>","s":<seq>,"e":[ at out (room for 64 bytes);
+ * returns its length. */
+static size_t payload_head(const stoa_bus_t *bus, uint64_t seq, char *out)
+{
+    static const char O[] = "{\"o\":\"", S[] = "\",\"s\":", E[] = ",\"e\":[";
+    char digits[24], *d = digits + sizeof digits;
+    size_t n = 0;
+    do {
+        *--d = (char)('0' + seq % 10);
+        seq /= 10;
+    } while (seq);
+    memcpy(out, O, sizeof O - 1);
+    n += sizeof O - 1;
+    memcpy(out + n, bus->instance, STOA_BUS_INSTANCE_LEN);
+    n += STOA_BUS_INSTANCE_LEN;
+    memcpy(out + n, S, sizeof S - 1);
+    n += sizeof S - 1;
+    memcpy(out + n, d, (size_t)(digits + sizeof digits - d));
+    n += (size_t)(digits + sizeof digits - d);
+    memcpy(out + n, E, sizeof E - 1);
+    return n + sizeof E - 1;
+}
+
+/* The split of queued events into payloads: whether an event of len bytes
+ * starts a new payload after one of *cur bytes (head: a payload's header
+ * and closing bytes at most). Updates *cur. */
+static bool starts_payload(size_t *cur, size_t len, size_t head)
+{
+    if (*cur && *cur + 1 + len <= STOA_BUS_PAYLOAD_MAX) {
+        *cur += 1 + len;
+        return false;
+    }
+    *cur = head + len;
+    return true;
+}
+
+/* Pack queued events into payloads (up to bus_notify_batch of them, one
+ * statement) and send them; or an event too large for a payload alone,
+ * through the table; or, with nothing queued, a heartbeat when one is due.
+ * Returns true when a statement was sent. */
 static bool send_batch(stoa_bus_t *bus, int64_t now)
 {
     char head[64], seqtext[24];
-    size_t hlen, len;
+    size_t hmax, len, cur = 0;
     qitem_t *take = NULL, *last = NULL, *it;
     bool overflow, big = false;
     size_t dropped;
+    int npay = 0, maxpay = max_payloads(bus);
 
     pthread_mutex_lock(&bus->qlock);
+    if (!bus->qhead && !bus->overflow && now - bus->last_sent_ms < bus->cfg->bus_heartbeat_ms) {
+        pthread_mutex_unlock(&bus->qlock);
+        return false;   /* nothing to say (the usual case when idle) */
+    }
     overflow = bus->overflow;
     dropped = bus->dropped;
     bus->overflow = false;
@@ -289,16 +387,22 @@ static bool send_batch(stoa_bus_t *bus, int64_t now)
         stoa_hub_bus_snapshot(bus->hub);   /* appends to the queue */
     }
 
-    hlen = (size_t)snprintf(head, sizeof head, "{\"o\":\"%s\",\"s\":%" PRIu64 ",\"e\":[", bus->instance,
-                            bus->seq + 1);
+    /* The longest header of this batch (its last seq has the most digits),
+     * plus "]}": every payload's split is decided with it. */
+    hmax = payload_head(bus, bus->seq + (uint64_t)maxpay, head) + 2;
     pthread_mutex_lock(&bus->qlock);
-    len = hlen + 2;
-    if (bus->qhead && len + bus->qhead->len > STOA_BUS_PAYLOAD_MAX) {
+    len = 0;
+    if (bus->qhead && hmax + bus->qhead->len > STOA_BUS_PAYLOAD_MAX) {
         take = last = bus->qhead;   /* too large for NOTIFY: alone, through the table */
         big = true;
-        len += take->len;
+        npay = 1;
+        len = hmax + take->len;
     } else {
-        for (it = bus->qhead; it && len + it->len + 1 <= STOA_BUS_PAYLOAD_MAX; it = it->next) {
+        for (it = bus->qhead; it && hmax + it->len <= STOA_BUS_PAYLOAD_MAX; it = it->next) {
+            if (starts_payload(&cur, it->len, hmax) && ++npay > maxpay) {
+                npay = maxpay;
+                break;
+            }
             len += it->len + 1;
             last = it;
         }
@@ -315,32 +419,73 @@ static bool send_batch(stoa_bus_t *bus, int64_t now)
     }
     pthread_mutex_unlock(&bus->qlock);
 
-    if (!take && now - bus->last_sent_ms < bus->cfg->bus_heartbeat_ms)
-        return false;
-    batch_reserve(bus, len + 1);
-    memcpy(bus->batch, head, hlen);
-    len = hlen;
-    for (it = take; it; it = it->next) {
-        if (it != take)
-            bus->batch[len++] = ',';
-        memcpy(bus->batch + len, it->text, it->len);
-        len += it->len;
+    if (!take) {
+        if (now - bus->last_sent_ms < bus->cfg->bus_heartbeat_ms)
+            return false;
+        npay = 1;   /* the heartbeat: an empty payload */
     }
-    bus->batch[len++] = ']';
-    bus->batch[len++] = '}';
-    bus->batch[len] = '\0';
-    free_items(take);
-    bus->seq++;
-    bus->last_sent_ms = now;
-    if (big) {
-        const char *values[3] = {bus->instance, bus->batch, seqtext};
-        int lengths[3] = {0, (int)len, 0}, formats[3] = {0, 1, 0};
-        const unsigned types[3] = {25, 17, 25};   /* text, bytea, text */
-        snprintf(seqtext, sizeof seqtext, "%" PRIu64, bus->seq);
-        return send_query(bus, Q_BIG, BIG_SQL, 3, values, lengths, formats, types, 0);
-    } else {
-        const char *values[1] = {bus->batch};
-        return send_query(bus, Q_NOTIFY, NOTIFY_SQL, 1, values, NULL, NULL, NULL, 0);
+    {
+        const char *values[64];   /* bus_notify_batch is at most 64 */
+        char *p;
+        size_t at = 0;
+        int k = 0;
+
+        batch_reserve(bus, len + (size_t)npay * (hmax + 1) + 1);
+        p = bus->batch;
+        cur = 0;
+#define OPEN_PAYLOAD()                                                                                        \
+    do {                                                                                                      \
+        values[k++] = p + at;                                                                                 \
+        at += payload_head(bus, bus->seq + (uint64_t)k, p + at);                                             \
+    } while (0)
+#define CLOSE_PAYLOAD()                                                                                       \
+    do {                                                                                                      \
+        p[at++] = ']';                                                                                        \
+        p[at++] = '}';                                                                                        \
+        p[at++] = '\0';                                                                                       \
+    } while (0)
+        for (it = take; it; it = it->next) {
+            if (starts_payload(&cur, it->len, hmax)) {
+                if (k > 0)
+                    CLOSE_PAYLOAD();
+                OPEN_PAYLOAD();
+            } else {
+                p[at++] = ',';
+            }
+            memcpy(p + at, it->text, it->len);
+            at += it->len;
+        }
+        if (k == 0)
+            OPEN_PAYLOAD();   /* the heartbeat */
+        CLOSE_PAYLOAD();
+#undef OPEN_PAYLOAD
+#undef CLOSE_PAYLOAD
+        free_items(take);
+        if (k != npay) {   /* cannot happen: both passes split alike */
+            STOA_ERROR("bus: %d payload(s) packed, %d counted", k, npay);
+        }
+        bus->seq += (uint64_t)k;
+        bus->last_sent_ms = now;
+        if (big) {
+            const char *bv[3] = {bus->instance, values[0], seqtext};
+            int lengths[3] = {0, (int)strlen(values[0]), 0}, formats[3] = {0, 1, 0};
+            const unsigned types[3] = {25, 17, 25};   /* text, bytea, text */
+            snprintf(seqtext, sizeof seqtext, "%" PRIu64, bus->seq);
+            return send_query(bus, Q_BIG, BIG_SQL, 3, bv, lengths, formats, types, 0);
+        }
+        {
+            char name[32];
+            snprintf(name, sizeof name, NOTIFY_STMT, k);
+            if (!PQsendQueryPrepared(bus->conn, name, k, values, NULL, NULL, 0)) {
+                char msg[256];
+                printable(PQerrorMessage(bus->conn), msg, sizeof msg);
+                disconnect(bus, msg);
+                return false;
+            }
+            bus->inflight = Q_NOTIFY;
+            bus->inflight_since = stoa_now_ms();
+            return true;
+        }
     }
 }
 
@@ -352,52 +497,378 @@ static bool send_fetch(stoa_bus_t *bus)
     return send_query(bus, Q_FETCH, FETCH_SQL, 1, values, NULL, NULL, NULL, 1);
 }
 
-/* ---- inbound ---- */
+/* ---- inbound ----
+ *
+ * A payload is split without building a json-c tree for it: its envelope
+ * and events are scanned (and checked to be well-formed JSON), each
+ * ephemeral message in the form the hub emits ({"t":"eph","p":...,
+ * "room":...,"data":...}) is handed to the hub as text, and only the other
+ * events are parsed. */
 
-static json_object *parse(const char *text, size_t len)
+#define MAX_DEPTH (STOA_PROTO_MAX_DEPTH + 8)
+
+static const char *skip_ws(const char *p, const char *end)
 {
-    json_tokener *tok = json_tokener_new_ex(STOA_PROTO_MAX_DEPTH + 8);
-    json_object *o;
-    if (!tok)
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static bool is_hex(char c)
+{
+    return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* After the JSON string starting at p (a quote), or NULL. */
+static const char *skip_string(const char *p, const char *end)
+{
+    for (p++; p < end; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"')
+            return p + 1;
+        if (c < 0x20)
+            return NULL;
+        if (c == '\\') {
+            if (++p >= end)
+                return NULL;
+            switch (*p) {
+            case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+                break;
+            case 'u':
+                if (end - p < 5 || !is_hex(p[1]) || !is_hex(p[2]) || !is_hex(p[3]) || !is_hex(p[4]))
+                    return NULL;
+                p += 4;
+                break;
+            default:
+                return NULL;
+            }
+        }
+    }
+    return NULL;
+}
+
+static const char *skip_digits(const char *p, const char *end)
+{
+    if (p >= end || !is_digit(*p))
         return NULL;
-    o = json_tokener_parse_ex(tok, text, (int)len);
-    if (json_tokener_get_error(tok) != json_tokener_success || json_tokener_get_parse_end(tok) != len) {
+    while (p < end && is_digit(*p))
+        p++;
+    return p;
+}
+
+/* A number as json-c writes it: JSON's, and also what its parser takes
+ * and keeps as written ("1.", NaN, Infinity, -Infinity). */
+static const char *skip_number(const char *p, const char *end)
+{
+    if (p < end && *p == '-')
+        p++;
+    if (end - p >= 8 && memcmp(p, "Infinity", 8) == 0)
+        return p + 8;
+    if (p < end && *p == '0')
+        p++;
+    else if (!(p = skip_digits(p, end)))
+        return NULL;
+    if (p < end && *p == '.')
+        for (p++; p < end && is_digit(*p); p++)
+            ;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        if (!(p = skip_digits(p, end)))
+            return NULL;
+    }
+    return p;
+}
+
+/* After the JSON value at p (whitespace before it skipped), or NULL when
+ * there is no well-formed one (nested at most depth deep) before end. */
+static const char *skip_value(const char *p, const char *end, int depth)
+{
+    p = skip_ws(p, end);
+    if (p >= end)
+        return NULL;
+    switch (*p) {
+    case '"':
+        return skip_string(p, end);
+    case '{':
+    case '[': {
+        bool obj = *p == '{';
+        char close = obj ? '}' : ']';
+        if (depth <= 0)
+            return NULL;
+        p = skip_ws(p + 1, end);
+        if (p < end && *p == close)
+            return p + 1;
+        for (;;) {
+            if (obj) {
+                p = skip_ws(p, end);
+                if (p >= end || *p != '"' || !(p = skip_string(p, end)))
+                    return NULL;
+                p = skip_ws(p, end);
+                if (p >= end || *p != ':')
+                    return NULL;
+                p++;
+            }
+            if (!(p = skip_value(p, end, depth - 1)))
+                return NULL;
+            p = skip_ws(p, end);
+            if (p >= end)
+                return NULL;
+            if (*p == close)
+                return p + 1;
+            if (*p != ',')
+                return NULL;
+            p++;
+        }
+    }
+    case 't':
+        return end - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
+    case 'f':
+        return end - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
+    case 'n':
+        return end - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+    case 'N':
+        return end - p >= 3 && memcmp(p, "NaN", 3) == 0 ? p + 3 : NULL;
+    default:
+        return skip_number(p, end);
+    }
+}
+
+/* Whether the STOA_BUS_INSTANCE_LEN bytes at p are letters and digits. */
+static bool plain_id(const char *p)
+{
+    for (int i = 0; i < STOA_BUS_INSTANCE_LEN; i++)
+        if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z') || is_digit(p[i])))
+            return false;
+    return true;
+}
+
+/* Whether p starts with the literal lit (a string constant). */
+#define LIT(p, end, lit) ((size_t)((end) - (p)) >= sizeof(lit) - 1 && memcmp((p), (lit), sizeof(lit) - 1) == 0)
+
+/* An ephemeral message at p in the form the hub emits,
+ * {"t":"eph","p":"<peer>","room":"<room>","data":<value>}, with a room
+ * name that needs no escaping: fills ev and returns the end of the event;
+ * NULL otherwise (the event is then parsed). */
+static const char *eph_text(const char *p, const char *end, stoa_hub_bus_event_t *ev)
+{
+    static const char P1[] = "{\"t\":\"eph\",\"p\":\"", P2[] = "\",\"room\":\"", P3[] = ",\"data\":";
+    const char *q;
+    if (!LIT(p, end, P1))
+        return NULL;
+    p += sizeof P1 - 1;
+    if (end - p < STOA_BUS_INSTANCE_LEN)
+        return NULL;
+    if (!plain_id(p))   /* a peer id: made like an instance id */
+        return NULL;
+    ev->peer = p;
+    p += STOA_BUS_INSTANCE_LEN;
+    if (!LIT(p, end, P2))
+        return NULL;
+    p += sizeof P2 - 1;
+    ev->room = p;
+    for (; p < end && *p != '"'; p++)
+        if (*p == '\\' || (unsigned char)*p < 0x20)
+            return NULL;
+    if (p >= end)
+        return NULL;
+    ev->room_len = (size_t)(p - ev->room);
+    p++;
+    if (!LIT(p, end, P3))
+        return NULL;
+    p += sizeof P3 - 1;
+    q = skip_value(p, end, MAX_DEPTH);
+    if (!q || q >= end || *q != '}')
+        return NULL;
+    ev->obj = NULL;
+    ev->data = p;
+    ev->data_len = (size_t)(q - p);
+    return q + 1;
+}
+
+/* A publish at p in the form the hub emits,
+ * {"t":"pub","room":"<room>","data":<value>}, as eph_text does. */
+static const char *pub_text(const char *p, const char *end, stoa_hub_bus_event_t *ev)
+{
+    static const char P1[] = "{\"t\":\"pub\",\"room\":\"", P3[] = ",\"data\":";
+    const char *q;
+    if (!LIT(p, end, P1))
+        return NULL;
+    p += sizeof P1 - 1;
+    ev->room = p;
+    for (; p < end && *p != '"'; p++)
+        if (*p == '\\' || (unsigned char)*p < 0x20)
+            return NULL;
+    if (p >= end)
+        return NULL;
+    ev->room_len = (size_t)(p - ev->room);
+    p++;
+    if (!LIT(p, end, P3))
+        return NULL;
+    p += sizeof P3 - 1;
+    q = skip_value(p, end, MAX_DEPTH);
+    if (!q || q >= end || *q != '}')
+        return NULL;
+    ev->obj = NULL;
+    ev->peer = NULL;
+    ev->data = p;
+    ev->data_len = (size_t)(q - p);
+    return q + 1;
+}
+
+static json_object *parse(stoa_bus_t *bus, const char *text, size_t len)
+{
+    json_object *o;
+    json_tokener_reset(bus->tok);
+    o = json_tokener_parse_ex(bus->tok, text, (int)len);
+    if (json_tokener_get_error(bus->tok) != json_tokener_success || json_tokener_get_parse_end(bus->tok) != len) {
         json_object_put(o);
         o = NULL;
     }
-    json_tokener_free(tok);
     return o;
 }
 
-/* A notification: queue it (own echoes and garbage are dropped). */
-static void heard(stoa_bus_t *bus, const char *text, int64_t now)
+static void add_event(inbound_t *in, const stoa_hub_bus_event_t *ev)
 {
-    json_object *o = parse(text, strlen(text)), *v;
-    const char *origin;
-    inbound_t *in;
-    origin_t *or;
-
-    if (!o || !json_object_object_get_ex(o, "o", &v) || !json_object_is_type(v, json_type_string))
-        goto bad;
-    origin = json_object_get_string(v);
-    if (strcmp(origin, bus->instance) == 0) {
-        json_object_put(o);
-        return;
+    if (in->nev == in->capev) {
+        in->capev = in->capev ? in->capev * 2 : 64;
+        in->ev = stoa_xrealloc(in->ev, in->capev * sizeof *in->ev);
     }
-    if (strlen(origin) != STOA_BUS_INSTANCE_LEN || !json_object_object_get_ex(o, "s", &v))
-        goto bad;
-    in = stoa_xcalloc(1, sizeof *in);
-    memcpy(in->origin, origin, STOA_BUS_INSTANCE_LEN + 1);
+    in->ev[in->nev++] = *ev;
+    if (ev->obj) {
+        json_object *t;
+        if (json_object_object_get_ex(ev->obj, "t", &t) && json_object_is_type(t, json_type_string)) {
+            const char *type = json_object_get_string(t);
+            in->snap |= strcmp(type, "snap") == 0;
+            in->bye |= strcmp(type, "bye") == 0;
+        }
+    }
+}
+
+/* The events of a JSON array's contents [p, end) (after "[", up to "]"). */
+static bool split_events(stoa_bus_t *bus, inbound_t *in, const char *p, const char *end)
+{
+    while (p < end) {
+        stoa_hub_bus_event_t ev = {0};
+        const char *q = eph_text(p, end, &ev);
+        if (!q)
+            q = pub_text(p, end, &ev);
+        if (!q) {
+            if (!(q = skip_value(p, end, MAX_DEPTH)) || !(ev.obj = parse(bus, p, (size_t)(q - p))))
+                return false;
+            if (!json_object_is_type(ev.obj, json_type_object)) {
+                json_object_put(ev.obj);
+                return false;
+            }
+        }
+        add_event(in, &ev);
+        p = skip_ws(q, end);
+        if (p < end && *p++ != ',')
+            return false;
+        if (p == end && p[-1] == ',')
+            return false;
+    }
+    return true;
+}
+
+/* A payload {"o":"<instance>","s":<seq>,"e":[...]} or {"o","s","x":<row>}
+ * in text (owned by in): fills in. The form every instance writes is
+ * scanned; anything else is parsed with json-c. */
+static bool decode(stoa_bus_t *bus, inbound_t *in, const char *text, size_t len)
+{
+    static const char O[] = "{\"o\":\"", S[] = "\",\"s\":", E[] = ",\"e\":[", X[] = ",\"x\":";
+    const char *p = text, *end = text + len, *q;
+    json_object *o, *v, *e;
+
+    if (LIT(p, end, O) && len > sizeof O - 1 + STOA_BUS_INSTANCE_LEN && plain_id(p + sizeof O - 1)) {
+        p += sizeof O - 1;
+        memcpy(in->origin, p, STOA_BUS_INSTANCE_LEN);
+        in->origin[STOA_BUS_INSTANCE_LEN] = '\0';
+        p += STOA_BUS_INSTANCE_LEN;
+        if (LIT(p, end, S) && (q = skip_digits(p + sizeof S - 1, end)) && q - p < (ptrdiff_t)(sizeof S - 1 + 20)) {
+            in->seq = strtoull(p + sizeof S - 1, NULL, 10);
+            p = q;
+            if (LIT(p, end, E) && len >= 2 && end[-2] == ']' && end[-1] == '}' && p + sizeof E - 1 <= end - 2) {
+                in->ready = true;
+                if (split_events(bus, in, p + sizeof E - 1, end - 2))
+                    return true;
+                /* Not as expected after all: start again with json-c. */
+                for (size_t i = 0; i < in->nev; i++)
+                    json_object_put(in->ev[i].obj);
+                in->nev = 0;
+                in->ready = in->snap = in->bye = false;
+            }
+            if (LIT(p, end, X) && (q = skip_digits(p + sizeof X - 1, end)) && q == end - 1 && *q == '}') {
+                in->row = strtoll(p + sizeof X - 1, NULL, 10);
+                return in->row > 0;
+            }
+        }
+    }
+    /* not in the usual form: parse it all */
+    in->origin[0] = '\0';
+    in->seq = 0;
+    in->row = 0;
+    if (!(o = parse(bus, text, len)) || !json_object_object_get_ex(o, "o", &v) ||
+        !json_object_is_type(v, json_type_string) || strlen(json_object_get_string(v)) != STOA_BUS_INSTANCE_LEN) {
+        json_object_put(o);
+        return false;
+    }
+    memcpy(in->origin, json_object_get_string(v), STOA_BUS_INSTANCE_LEN + 1);
+    if (!json_object_object_get_ex(o, "s", &v)) {
+        json_object_put(o);
+        return false;
+    }
     in->seq = (uint64_t)json_object_get_int64(v);
     if (json_object_object_get_ex(o, "x", &v)) {
         in->row = json_object_get_int64(v);
-    } else if (json_object_object_get_ex(o, "e", &v) && json_object_is_type(v, json_type_array)) {
-        in->events = json_object_get(v);
+    } else if (json_object_object_get_ex(o, "e", &e) && json_object_is_type(e, json_type_array)) {
+        in->ready = true;
+        for (size_t i = 0; i < json_object_array_length(e); i++) {
+            stoa_hub_bus_event_t ev = {0};
+            ev.obj = json_object_array_get_idx(e, i);
+            if (!json_object_is_type(ev.obj, json_type_object))
+                continue;
+            ev.obj = json_object_get(ev.obj);
+            add_event(in, &ev);
+        }
     } else {
-        free(in);
-        goto bad;
+        json_object_put(o);
+        return false;
     }
+    /* Nothing else holds this tree yet: dropping it leaves the events
+     * owned by in alone. */
     json_object_put(o);
+    return true;
+}
+
+/* A notification: queue it (own echoes and garbage are dropped). */
+static void heard(stoa_bus_t *bus, const PGnotify *n, int64_t now)
+{
+    size_t len;
+    inbound_t *in;
+    origin_t *or;
+
+    if (n->be_pid == bus->backend_pid)
+        return;   /* our own: nothing to read */
+    len = strlen(n->extra);
+    in = stoa_xcalloc(1, sizeof *in);
+    in->text = stoa_xmalloc(len + 1);
+    memcpy(in->text, n->extra, len + 1);
+    if (!decode(bus, in, in->text, len)) {
+        STOA_WARN("bus: ignored a malformed notification (%zu bytes)", len);
+        free_inbound(in);
+        return;
+    }
+    if (strcmp(in->origin, bus->instance) == 0) {
+        free_inbound(in);
+        return;
+    }
     or = origin_get(bus, in->origin, true);
     or->heard_ms = now;
     if (bus->itail)
@@ -405,37 +876,21 @@ static void heard(stoa_bus_t *bus, const char *text, int64_t now)
     else
         bus->ihead = in;
     bus->itail = in;
-    return;
-bad:
-    STOA_WARN("bus: ignored a malformed notification (%zu bytes)", strlen(text));
-    json_object_put(o);
-}
-
-static bool has_event(json_object *events, const char *type)
-{
-    for (size_t i = 0; i < json_object_array_length(events); i++) {
-        json_object *t;
-        if (json_object_object_get_ex(json_object_array_get_idx(events, i), "t", &t) &&
-            strcmp(json_object_get_string(t), type) == 0)
-            return true;
-    }
-    return false;
 }
 
 /* Apply queued payloads in order, up to one still waiting for its row. */
 static void apply_inbound(stoa_bus_t *bus, int64_t now)
 {
-    while (bus->ihead && bus->ihead->events) {
+    while (bus->ihead && bus->ihead->ready) {
         inbound_t *in = bus->ihead;
         origin_t *o = origin_get(bus, in->origin, true);
-        bool snap = has_event(in->events, "snap"), bye = has_event(in->events, "bye");
+        bool snap = in->snap, bye = in->bye;
 
         bus->ihead = in->next;
         if (!bus->ihead)
             bus->itail = NULL;
         if (o->known && in->seq <= o->last_seq) {
-            json_object_put(in->events);   /* seen already */
-            free(in);
+            free_inbound(in);   /* seen already */
             continue;
         }
         if (!snap && (!o->known || in->seq != o->last_seq + 1)) {
@@ -449,12 +904,13 @@ static void apply_inbound(stoa_bus_t *bus, int64_t now)
         if (snap)
             o->sync_asked_ms = 0;
         json_object *fwd;
-        if (stoa_hub_remote_apply(bus->hub, o->id, in->events, &fwd))
+        if (stoa_hub_remote_apply_events(bus->hub, o->id, in->ev, in->nev, &fwd))
             ask_sync(bus, o, now);
         for (size_t i = 0; fwd && i < json_object_array_length(fwd); i++)
             stoa_hub_forwarded(bus->hub, json_object_array_get_idx(fwd, i));
         json_object_put(fwd);
-        free(in);
+        in->nev = 0;   /* the hub dropped their references */
+        free_inbound(in);
         if (bye) {
             STOA_INFO("bus: instance %s stopped", o->id);
             origin_forget(bus, o);
@@ -476,20 +932,35 @@ static void finish_query(stoa_bus_t *bus, int64_t now)
         if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
             ok = false;
             printable(PQresultErrorMessage(res), msg, sizeof msg);
-        } else if (kind == Q_FETCH && bus->ihead && !bus->ihead->events) {
-            inbound_t *in = bus->ihead;
+        } else if (kind == Q_FETCH && bus->ihead && !bus->ihead->ready) {
+            inbound_t *in = bus->ihead, row = {0};
+            bool ok_row = false;
             if (PQntuples(res) == 1) {
-                json_object *o = parse(PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0)), *e;
-                if (o && json_object_object_get_ex(o, "e", &e) && json_object_is_type(e, json_type_array))
-                    in->events = json_object_get(e);
-                json_object_put(o);
+                size_t len = (size_t)PQgetlength(res, 0, 0);
+                row.text = stoa_xmalloc(len + 1);
+                memcpy(row.text, PQgetvalue(res, 0, 0), len);
+                row.text[len] = '\0';
+                ok_row = decode(bus, &row, row.text, len) && row.ready;
             }
-            if (!in->events) {
+            if (ok_row) {
+                free(in->text);
+                in->text = row.text;
+                in->ev = row.ev;
+                in->nev = row.nev;
+                in->capev = row.capev;
+                in->snap = row.snap;
+                in->bye = row.bye;
+                in->ready = true;
+            } else {
                 /* Deleted already (older than bus_payload_keep_s) or
                  * unreadable: treat it as missed. */
                 origin_t *or = origin_get(bus, in->origin, true);
+                for (size_t i = 0; i < row.nev; i++)
+                    json_object_put(row.ev[i].obj);
+                free(row.ev);
+                free(row.text);
                 STOA_WARN("bus: payload row %lld of instance %s is gone; asking for a snapshot", in->row, in->origin);
-                in->events = json_object_new_array();
+                in->ready = true;
                 ask_sync(bus, or, now);
             }
         }
@@ -504,8 +975,8 @@ static void finish_query(stoa_bus_t *bus, int64_t now)
         /* A payload that failed to go out is lost: the others see the seq
          * gap and ask for a snapshot. */
         STOA_WARN("bus: a statement failed: %s", msg);
-        if (kind == Q_FETCH && bus->ihead && !bus->ihead->events) {
-            bus->ihead->events = json_object_new_array();
+        if (kind == Q_FETCH && bus->ihead && !bus->ihead->ready) {
+            bus->ihead->ready = true;   /* with no events */
             ask_sync(bus, origin_get(bus, bus->ihead->origin, true), now);
         }
     }
@@ -538,12 +1009,19 @@ static bool setup(stoa_bus_t *bus, stoa_db_t *db, char *err, size_t errlen)
     if (!command_ok(PQexec(c, "LISTEN " STOA_BUS_CHANNEL), err, errlen) ||
         !command_ok(PQexecParams(c, REGISTER_SQL, 2, NULL, values, NULL, NULL, 0), err, errlen))
         return false;
+    for (int k = 1; k <= max_payloads(bus); k++) {
+        char name[32];
+        snprintf(name, sizeof name, NOTIFY_STMT, k);
+        if (!command_ok(PQprepare(c, name, notify_sql(bus, k), k, NULL), err, errlen))
+            return false;
+    }
     if (PQsetnonblocking(c, 1) != 0) {
         snprintf(err, errlen, "cannot make the connection non-blocking");
         return false;
     }
     bus->db = db;
     bus->conn = c;
+    bus->backend_pid = PQbackendPID(c);
     bus->inflight = Q_NONE;
     atomic_store(&bus->connected, true);
     return true;
@@ -591,7 +1069,7 @@ static void next_statement(stoa_bus_t *bus, int64_t now)
     const char *values[1];
     if (!bus->conn || bus->inflight != Q_NONE)
         return;
-    if (bus->ihead && !bus->ihead->events) {
+    if (bus->ihead && !bus->ihead->ready) {
         send_fetch(bus);
         return;
     }
@@ -623,7 +1101,7 @@ static void service(stoa_bus_t *bus, int64_t now)
     if (!bus->conn)
         return;
     while ((n = PQnotifies(bus->conn))) {
-        heard(bus, n->extra, now);
+        heard(bus, n, now);
         PQfreemem(n);
     }
     apply_inbound(bus, now);
@@ -714,6 +1192,8 @@ stoa_bus_t *stoa_bus_start(const stoa_config_t *cfg, stoa_hub_t *hub, stoa_db_t 
     pthread_mutex_init(&bus->qlock, NULL);
     pthread_mutex_init(&bus->slock, NULL);
     bus->backoff = BACKOFF_MIN_MS;
+    atomic_init(&bus->kick_needed, false);
+    bus->tok = json_tokener_new_ex(MAX_DEPTH);
     if ((bus->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
         snprintf(err, errlen, "bus: eventfd: %s", strerror(errno));
         goto fail;
@@ -739,6 +1219,7 @@ fail:
         close(bus->wakefd);
     pthread_mutex_destroy(&bus->qlock);
     pthread_mutex_destroy(&bus->slock);
+    json_tokener_free(bus->tok);
     free(bus);
     return NULL;
 }
@@ -761,6 +1242,11 @@ void stoa_bus_stop(stoa_bus_t *bus)
         free(o);
     }
     free(bus->batch);
+    if (bus->notify_sql)
+        for (int k = 0; k <= 64; k++)
+            free(bus->notify_sql[k]);
+    free(bus->notify_sql);
+    json_tokener_free(bus->tok);
     pthread_mutex_destroy(&bus->qlock);
     pthread_mutex_destroy(&bus->slock);
     free(bus);

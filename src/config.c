@@ -88,6 +88,7 @@ static const setting_t settings[] = {
     I(bus_dead_ms, "3000", 200, 600000, "an instance not heard on the bus for this long is dead: its peers leave, ms (with --database)"),
     I(bus_queue_bytes, "33554432", 65536, 1073741824, "bus events waiting to be sent, bytes at most; beyond, a snapshot replaces them (with --database)"),
     I(bus_payload_keep_s, "60", 5, 86400, "age at which payloads too large for NOTIFY are deleted from stoa_bus_payloads, seconds (with --database)"),
+    I(bus_notify_batch, "16", 1, 64, "bus payloads sent in one statement (one transaction) at most (with --database)"),
 };
 
 /* Flag-only short names: --database is --database-url. */

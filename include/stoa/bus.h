@@ -3,15 +3,16 @@
  *
  * The bus is the hub's fourth adapter. It owns one thread and one libpq
  * connection (never shared): the connection LISTENs on channel stoa_bus
- * and also sends this instance's NOTIFYs, each its own autocommit
- * statement, outside any application transaction. The thread runs a
+ * and also sends this instance's NOTIFYs, up to bus_notify_batch payloads
+ * per autocommit statement, outside any application transaction. The thread runs a
  * poll() loop over that connection's socket (PQsocket, libpq's
  * asynchronous API with at most one statement in flight) and an eventfd.
  *
  * Outbound: the hub appends encoded events to the bus queue under its lock
- * (stoa_hub_bus_ops_t) in the order they happen; the thread packs as many
- * as fit into one NOTIFY payload {"o":instance,"s":seq,"e":[events]}
- * below PostgreSQL's 8000-byte limit. An event too large for that goes
+ * (stoa_hub_bus_ops_t) in the order they happen (waking the thread only
+ * when the queue was empty); the thread packs as many as fit into one
+ * NOTIFY payload {"o":instance,"s":seq,"e":[events]} below PostgreSQL's
+ * 8000-byte limit, and up to bus_notify_batch payloads into one statement. An event too large for that goes
  * alone into table stoa_bus_payloads, and only {"o","s","x":row id}
  * travels in the notification. seq numbers every payload of an instance
  * (1, 2, 3...); a payload is sent at least every bus_heartbeat_ms (empty
@@ -23,7 +24,10 @@
  * Inbound: payloads from other instances are applied in the order each
  * one sent them (one sender connection, one receiver queue; a payload in
  * the table is fetched before anything after it is applied); own echoes
- * are ignored. A seq that skips (or the first payload heard from an
+ * are ignored unread (by the notifying backend's pid). A payload in the
+ * form the bus writes is scanned, not parsed: ephemeral messages and
+ * publishes go to the hub as text (stoa_hub_remote_apply_events), other
+ * events are parsed one by one. A seq that skips (or the first payload heard from an
  * instance) asks that instance for a snapshot. An instance not heard for
  * bus_dead_ms is dead: its peers are announced as having left.
  *

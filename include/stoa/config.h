@@ -85,6 +85,7 @@ typedef struct stoa_config {
     int bus_dead_ms;
     int bus_queue_bytes;
     int bus_payload_keep_s;
+    int bus_notify_batch;
 } stoa_config_t;
 
 /* A new configuration holding the defaults. The caller owns it and frees

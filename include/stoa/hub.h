@@ -222,6 +222,24 @@ void stoa_hub_set_bus(stoa_hub_t *hub, const stoa_hub_bus_ops_t *ops, void *bus,
  * be handled under the hub lock: *forwarded receives them as a new array
  * owned by the caller (NULL when none), to pass to stoa_hub_forwarded. */
 bool stoa_hub_remote_apply(stoa_hub_t *hub, const char *origin, json_object *events, json_object **forwarded);
+/* One event of a bus payload as the bus thread split it: either parsed
+ * (obj), or an ephemeral message or a publish left as text (obj NULL), so
+ * that neither its parse nor its encoding for the clients builds a json-c
+ * tree. */
+typedef struct stoa_hub_bus_event {
+    json_object *obj;    /* the event (a reference, taken by the hub), or NULL: */
+    const char *peer;    /* an ephemeral message: the sender's peer id, STOA_PEER_ID_LEN
+                          * (12) characters; NULL: a publish ({"t":"pub"}) */
+    const char *room;    /* the room's JSON string text without its quotes and with
+                          * nothing escaped: the name itself, room_len bytes */
+    size_t room_len;
+    const char *data;    /* the message's data, one valid JSON value, data_len bytes */
+    size_t data_len;
+} stoa_hub_bus_event_t;
+/* stoa_hub_remote_apply for n events under one hub lock: the same, event
+ * by event; every obj reference is dropped (under the lock). */
+bool stoa_hub_remote_apply_events(stoa_hub_t *hub, const char *origin, stoa_hub_bus_event_t *events, size_t n,
+                                  json_object **forwarded);
 /* The instance origin is gone (dead or stopped): its peers leave every
  * room with reason "disconnect". */
 void stoa_hub_remote_drop(stoa_hub_t *hub, const char *origin);

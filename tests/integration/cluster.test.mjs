@@ -20,7 +20,7 @@ const KEY = 'cluster-integrator-key-0123456789abcdef';
 const GRACE = 1000;           // session_grace_ms
 const DEAD_MS = 2000;         // bus_dead_ms
 const KILL_LIMIT = 5000;      // the spec: a dead instance's peers leave within 5 s
-const BURST = 10000;
+const BURST = 50000;
 const FLAGS = [
   '--jwt-secret', SECRET,
   '--api-keys', KEY,
@@ -30,6 +30,7 @@ const FLAGS = [
   '--ephemeral-per-min', '6000000',
   '--ephemeral-burst', '100000',
   '--session-buffer-msgs', String(4 * BURST),
+  '--session-buffer-bytes', String(1024 * BURST),   // the burst may all wait in the receiver's buffer
 ];
 
 /** Matches a message of `type` whose fields equal those given. */
@@ -406,6 +407,62 @@ describe('cluster: two instances on one database', () => {
     await sleep(300);
     assert.equal(receiver.received.filter(isN).length, BURST, 'more messages came after the last one (duplicates)');
     console.log(`# ${BURST} ephemeral messages A -> B in ${ms} ms`);
+  });
+
+  it('ephemeral messages in two rooms and publishes among them, data with escapes, cross in order with their user', { timeout: 30000 }, async () => {
+    const plain = freshRoom();
+    const odd = `${freshRoom()}.~@+=-:x`;
+    const N = 2000;
+    const sender = await peer(a);
+    const receiver = await peer(b);
+    for (const r of [plain, odd]) {
+      await sender.join(r);
+      await receiver.join(r);
+    }
+    await waitFor(async () => (await presencePeers(b, odd)).includes(sender.peer), { what: 'B to list the sender' });
+    for (let i = 0; i < N; i++) {
+      sender.send({ type: 'ephemeral', room: i % 3 === 0 ? odd : plain, data: { n: i, s: 'ü/"\\' } });
+      if (i % 500 === 0) {
+        await sender.sync(10000);   // message i is in the hub: the publish comes after it
+        const r = await callA(`/v1/rooms/${encodeURIComponent(odd)}/publish`, { method: 'POST', body: { data: { pub: i, s: '"\\/\u0001' } } });
+        assert.equal(r.status, 200, r.text);
+      }
+    }
+    const mine = (m) => (m.type === 'ephemeral' && m.from === sender.peer) || (m.type === 'message' && m.data.pub !== undefined);
+    await waitFor(() => receiver.received.filter(mine).length >= N + 4, { timeoutMs: 20000, what: `${N + 4} messages on B` });
+    const got = receiver.received.filter(mine);
+    const eph = got.filter((m) => m.type === 'ephemeral');
+    assert.deepEqual(eph.map((m) => m.data.n), Array.from({ length: N }, (_, i) => i));
+    for (const m of eph) {
+      assert.equal(m.room, m.data.n % 3 === 0 ? odd : plain);
+      assert.equal(m.data.s, 'ü/"\\');
+      assert.equal(m.user.id, sender.received.find((x) => x.type === 'welcome').user.id);
+    }
+    // each publish comes after the ephemeral messages sent before it
+    const order = got.map((m) => (m.type === 'message' ? `p${m.data.pub}` : m.data.n));
+    for (const i of [0, 500, 1000, 1500]) {
+      assert.equal(order.indexOf(`p${i}`), order.indexOf(i) + 1, `publish ${i} right after message ${i}`);
+      assert.equal(got[order.indexOf(`p${i}`)].room, odd);
+    }
+  });
+
+  it('payloads not in the usual form are still read; malformed ones are ignored and the bus goes on', async () => {
+    const room = freshRoom();
+    const onB = await joined(b, room);
+    // hand-written payloads from an instance that does not exist: spaces, another key order
+    await pg.psql(`SELECT pg_notify('stoa_bus', '{ "s": 1, "o": "zzzzzzzzzzz1", "e": [ { "message": "spaced", "t": "notice", "level": "info" } ] }')`);
+    assert.deepEqual(await onB.next('notice', 5000), { type: 'notice', level: 'info', message: 'spaced' });
+    for (const bad of ['{"o":"zzzzzzzzzzz1","s":2,"e":[{"t":"notice","level":"info","message":"x"}', 'not json',
+      '{"o":"zzzzzzzzzzz1","s":2,"e":[{"t":"eph","p":"zzzzzzzzzzz2","room":"doc:x","data":{]}]}',
+      '{"o":"zzzzzzzzzzz1","s":2,"e":[1,]}']) {
+      await pg.psql(`SELECT pg_notify('stoa_bus', '${bad}')`);
+    }
+    // the bus still works both ways
+    const onA = await joined(a, room);
+    await onB.next(is('peer_joined', { peer: onA.peer }));
+    onA.send({ type: 'ephemeral', room, data: 'after' });
+    assert.equal((await onB.next(is('ephemeral', { from: onA.peer }))).data, 'after');
+    await onB.expectNone((m) => m.type === 'notice', 0);
   });
 
   it('a WebSocket session moves from A to B: resync "moved", room_state of both rooms, no peer_left; it goes on from B', async () => {

@@ -62,6 +62,14 @@ static void fake_emit(void *bus, const char *event, size_t len)
     b->events[b->nevents] = stoa_xmalloc(len + 1);
     memcpy(b->events[b->nevents], event, len);
     b->events[b->nevents][len] = '\0';
+    {
+        /* The hub encodes events itself: exactly as json-c would (the bus
+         * splices parts of them next to parts json-c wrote). */
+        json_object *o = json_tokener_parse(b->events[b->nevents]);
+        ck_assert_msg(o != NULL, "%s: event is not JSON: %s", b->name, b->events[b->nevents]);
+        ck_assert_str_eq(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN), b->events[b->nevents]);
+        json_object_put(o);
+    }
     b->nevents++;
 }
 
@@ -760,6 +768,148 @@ START_TEST(test_remote_events)
     ck_assert(apply_on(hub, ORIGIN1, "[{'t':'pres','p':'%s','room':'doc:1','state':{'n':2}}]", R1));
     expect_empty(a);
     bus_expect_none(&bus_a);   /* nothing applied went back on the bus */
+}
+END_TEST
+
+/* Events the bus hands over as text (stoa_hub_remote_apply_events): an
+ * ephemeral message and a publish reach local members as the very bytes
+ * the parsed events give; an unknown peer or a room it is not in counts
+ * as missed; parsed and text events mix in order. */
+static char *next_text(peer_t *p)
+{
+    stoa_msg_t *m = next_msg(p);
+    char *t;
+    ck_assert_ptr_nonnull(m);
+    t = stoa_xstrdup(stoa_msg_text(m));
+    stoa_msg_unref(m);
+    return t;
+}
+
+static stoa_hub_bus_event_t text_event(const char *peer, const char *room, const char *data)
+{
+    stoa_hub_bus_event_t ev = {.obj = NULL, .peer = peer, .room = room, .room_len = strlen(room), .data = data,
+                               .data_len = strlen(data)};
+    return ev;
+}
+
+START_TEST(test_text_events)
+{
+    peer_t *a = ada_with_remote();
+    stoa_hub_bus_event_t ev[3];
+    json_object *fwd = (json_object *)1;
+    char *want, *got;
+    /* data as the sending hub encoded it (json-c: UTF-8 as is, '"' and '\\' escaped) */
+    static const char data[] = "{\"cursor\":[1,2.5,-3e2],\"s\":\"\xc3\xa9\\\"\\\\\",\"n\":null,\"b\":[true,false,{}]}";
+
+    /* eph: the same bytes as the parsed event gives */
+    ck_assert(!apply_on(hub, ORIGIN1, "[{'t':'eph','p':'%s','room':'doc:1','data':%s}]", R1, data));
+    want = next_text(a);
+    ev[0] = text_event(R1, "doc:1", data);
+    ck_assert(!stoa_hub_remote_apply_events(hub, ORIGIN1, ev, 1, &fwd));
+    ck_assert_ptr_null(fwd);
+    got = next_text(a);
+    ck_assert_str_eq(got, want);
+    free(want);
+    free(got);
+    expect_empty(a);
+
+    /* pub (peer NULL): the same bytes; a room nobody here is in: nothing */
+    ck_assert(!apply_on(hub, ORIGIN1, "[{'t':'pub','room':'doc:1','data':%s}]", data));
+    want = next_text(a);
+    ev[0] = text_event(NULL, "doc:1", data);
+    ev[1] = text_event(NULL, "doc:404", "1");
+    ck_assert(!stoa_hub_remote_apply_events(hub, ORIGIN1, ev, 2, &fwd));
+    got = next_text(a);
+    ck_assert_str_eq(got, want);
+    free(want);
+    free(got);
+    expect_empty(a);
+
+    /* parsed and text events in one batch keep their order */
+    ev[0] = text_event(R1, "doc:1", "1");
+    ev[1] = (stoa_hub_bus_event_t){.obj = parse_text("{\"t\":\"pres\",\"p\":\"" R1 "\",\"room\":\"doc:1\","
+                                                     "\"state\":{\"n\":7}}")};
+    ev[2] = text_event(R1, "doc:1", "2");
+    ck_assert(!stoa_hub_remote_apply_events(hub, ORIGIN1, ev, 3, &fwd));
+    ck_assert_ptr_null(ev[1].obj);   /* the reference was taken */
+    {
+        json_object *o = expect_msg(a, "ephemeral");
+        ck_assert_int_eq(int_field(o, "data"), 1);
+        json_object_put(o);
+        expect_presence(a, "doc:1", R1, 7);
+        o = expect_msg(a, "ephemeral");
+        ck_assert_int_eq(int_field(o, "data"), 2);
+        json_object_put(o);
+    }
+    expect_empty(a);
+
+    /* unknown peer, or a room the peer is not in: missed */
+    ev[0] = text_event(R2, "doc:1", "1");
+    ck_assert(stoa_hub_remote_apply_events(hub, ORIGIN1, ev, 1, &fwd));
+    ev[0] = text_event(R1, "doc:2", "1");
+    ck_assert(stoa_hub_remote_apply_events(hub, ORIGIN1, ev, 1, &fwd));
+    /* another instance's peer: ignored, not missed */
+    ev[0] = text_event(R1, "doc:1", "1");
+    ck_assert(!stoa_hub_remote_apply_events(hub, ORIGIN2, ev, 1, &fwd));
+    expect_empty(a);
+    bus_expect_none(&bus_a);
+}
+END_TEST
+
+/* The hub writes events itself (hub_emit): byte for byte what json-c
+ * writes, whatever the data holds (escapes, control characters, UTF-8,
+ * numbers as the client wrote them, unsigned beyond int64, nesting). */
+START_TEST(test_emit_encoding)
+{
+    static const char *const datas[] = {
+        "{\"s\":\"a/b\\\"c\\\\d\\n\\t\\b\\f\\r\\u0001\\u001f \\u00e9 \\u20ac \\ud83c\\udf89\",\"k/\\\"\":1}",
+        "[1.50,-3e2,0.1,1e400,-0,12345678901234567890,-9223372036854775808,9223372036854775807]",
+        "{\"a\":{},\"b\":[],\"c\":[[],{}],\"d\":null,\"e\":[null,true,false],\"f\":{\"g\":{\"h\":[1,{\"i\":\"\"}]}}}",
+        "\"just a string with a \\u0000 inside\"", "42", "true", "null",
+    };
+    peer_t *a;
+    cfg->ephemeral_burst = 1000;   /* read when the session opens */
+    a = open_peer("ada", "{\"*\":\"rw\"}");
+    join_ok(a, "doc:1", NULL);
+    bus_skip(&bus_a);
+    for (size_t i = 0; i < sizeof datas / sizeof datas[0]; i++) {
+        json_object *data = json_tokener_parse(datas[i]), *ev = json_object_new_object();
+        stoa_err_t err;
+        ck_assert_msg(data != NULL || strcmp(datas[i], "null") == 0, "%s", datas[i]);
+        err = stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why);
+        ck_assert_msg(err == STOA_OK, "%s: %s", datas[i], why);
+        json_object_object_add(ev, "t", json_object_new_string("eph"));
+        json_object_object_add(ev, "p", json_object_new_string(peer_id(a)));
+        json_object_object_add(ev, "room", json_object_new_string("doc:1"));
+        json_object_object_add(ev, "data", json_object_get(data));
+        ck_assert_int_eq(bus_a.nevents, bus_a.next + 1);
+        ck_assert_str_eq(bus_a.events[bus_a.next], json_object_to_json_string_ext(ev, JSON_C_TO_STRING_PLAIN));
+        bus_a.next++;
+        json_object_put(ev);
+        json_object_put(data);
+    }
+    /* strings of every byte, at every offset and length around a word */
+    bus_reset(&bus_a, bus_a.name);
+    srand(7);
+    for (int i = 0; i < 300; i++) {
+        char raw[40];
+        int n = i % 40;
+        json_object *data, *ev = json_object_new_object();
+        for (int k = 0; k < n; k++)
+            raw[k] = (char)(rand() % 4 ? 'a' + rand() % 26 : rand() % 256);
+        data = json_object_new_string_len(raw, n);
+        ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
+        json_object_object_add(ev, "t", json_object_new_string("eph"));
+        json_object_object_add(ev, "p", json_object_new_string(peer_id(a)));
+        json_object_object_add(ev, "room", json_object_new_string("doc:1"));
+        json_object_object_add(ev, "data", data);
+        ck_assert_int_eq(bus_a.nevents, bus_a.next + 1);
+        ck_assert_str_eq(bus_a.events[bus_a.next], json_object_to_json_string_ext(ev, JSON_C_TO_STRING_PLAIN));
+        free(bus_a.events[bus_a.next]);
+        bus_a.events[bus_a.next] = NULL;
+        bus_a.nevents = bus_a.next = 0;   /* room for them all */
+        json_object_put(ev);
+    }
 }
 END_TEST
 
@@ -1475,6 +1625,8 @@ static Suite *remote_suite(void)
     tcase_add_test(tc, test_kick);
     tcase_add_test(tc, test_remote_sess_makes_peer);
     tcase_add_test(tc, test_remote_events);
+    tcase_add_test(tc, test_text_events);
+    tcase_add_test(tc, test_emit_encoding);
     tcase_add_test(tc, test_nothing_queued_for_remote);
     tcase_add_test(tc, test_unknown_peer_missed);
     tcase_add_test(tc, test_stale_records_ignored);
