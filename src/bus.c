@@ -652,14 +652,40 @@ static bool plain_id(const char *p)
 /* Whether p starts with the literal lit (a string constant). */
 #define LIT(p, end, lit) ((size_t)((end) - (p)) >= sizeof(lit) - 1 && memcmp((p), (lit), sizeof(lit) - 1) == 0)
 
+/* The tail both text forms share, at p just inside the room's quotes:
+ * <room>","data":<value>} with a room name that needs no escaping. Fills
+ * ev's room and data; returns the end of the event, or NULL. */
+static const char *room_data(const char *p, const char *end, stoa_hub_bus_event_t *ev)
+{
+    static const char P[] = ",\"data\":";
+    const char *q;
+    ev->room = p;
+    for (; p < end && *p != '"'; p++)
+        if (*p == '\\' || (unsigned char)*p < 0x20)
+            return NULL;
+    if (p >= end)
+        return NULL;
+    ev->room_len = (size_t)(p - ev->room);
+    p++;
+    if (!LIT(p, end, P))
+        return NULL;
+    p += sizeof P - 1;
+    q = skip_value(p, end, MAX_DEPTH);
+    if (!q || q >= end || *q != '}')
+        return NULL;
+    ev->obj = NULL;
+    ev->data = p;
+    ev->data_len = (size_t)(q - p);
+    return q + 1;
+}
+
 /* An ephemeral message at p in the form the hub emits,
  * {"t":"eph","p":"<peer>","room":"<room>","data":<value>}, with a room
  * name that needs no escaping: fills ev and returns the end of the event;
  * NULL otherwise (the event is then parsed). */
 static const char *eph_text(const char *p, const char *end, stoa_hub_bus_event_t *ev)
 {
-    static const char P1[] = "{\"t\":\"eph\",\"p\":\"", P2[] = "\",\"room\":\"", P3[] = ",\"data\":";
-    const char *q;
+    static const char P1[] = "{\"t\":\"eph\",\"p\":\"", P2[] = "\",\"room\":\"";
     if (!LIT(p, end, P1))
         return NULL;
     p += sizeof P1 - 1;
@@ -672,54 +698,19 @@ static const char *eph_text(const char *p, const char *end, stoa_hub_bus_event_t
     if (!LIT(p, end, P2))
         return NULL;
     p += sizeof P2 - 1;
-    ev->room = p;
-    for (; p < end && *p != '"'; p++)
-        if (*p == '\\' || (unsigned char)*p < 0x20)
-            return NULL;
-    if (p >= end)
-        return NULL;
-    ev->room_len = (size_t)(p - ev->room);
-    p++;
-    if (!LIT(p, end, P3))
-        return NULL;
-    p += sizeof P3 - 1;
-    q = skip_value(p, end, MAX_DEPTH);
-    if (!q || q >= end || *q != '}')
-        return NULL;
-    ev->obj = NULL;
-    ev->data = p;
-    ev->data_len = (size_t)(q - p);
-    return q + 1;
+    return room_data(p, end, ev);
 }
 
 /* A publish at p in the form the hub emits,
  * {"t":"pub","room":"<room>","data":<value>}, as eph_text does. */
 static const char *pub_text(const char *p, const char *end, stoa_hub_bus_event_t *ev)
 {
-    static const char P1[] = "{\"t\":\"pub\",\"room\":\"", P3[] = ",\"data\":";
-    const char *q;
+    static const char P1[] = "{\"t\":\"pub\",\"room\":\"";
     if (!LIT(p, end, P1))
         return NULL;
     p += sizeof P1 - 1;
-    ev->room = p;
-    for (; p < end && *p != '"'; p++)
-        if (*p == '\\' || (unsigned char)*p < 0x20)
-            return NULL;
-    if (p >= end)
-        return NULL;
-    ev->room_len = (size_t)(p - ev->room);
-    p++;
-    if (!LIT(p, end, P3))
-        return NULL;
-    p += sizeof P3 - 1;
-    q = skip_value(p, end, MAX_DEPTH);
-    if (!q || q >= end || *q != '}')
-        return NULL;
-    ev->obj = NULL;
     ev->peer = NULL;
-    ev->data = p;
-    ev->data_len = (size_t)(q - p);
-    return q + 1;
+    return room_data(p, end, ev);
 }
 
 static json_object *parse(stoa_bus_t *bus, const char *text, size_t len)

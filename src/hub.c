@@ -7,6 +7,7 @@
  * the wakeups collected meanwhile, after the mutex is released.
  */
 #include "hub_internal.h"
+#include "stoa/jsontext.h"
 #include "stoa/log.h"
 #include "stoa/presence.h"
 #include "stoa/ratelimit.h"
@@ -37,12 +38,47 @@ void hub_lock(stoa_hub_t *hub)
     pthread_mutex_lock(&hub->lock);
 }
 
+/* Run the wakeups collected under the lock (after it): those for a
+ * transport that takes batches go to it in one call per transport (a
+ * sharded one is several), with the list's session references, in the
+ * order they were collected; the others one by one. */
+static void deliver_wakes(wake_t *wakes, size_t n)
+{
+    stoa_wake_t *batch = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const stoa_transport_ops_t *ops = wakes[i].ops;
+        void *transport = wakes[i].transport;
+        size_t k = 0;
+        if (!ops)
+            continue;   /* went with an earlier batch */
+        if (!ops->wake_batch) {
+            ops->wake(transport, wakes[i].sess, wakes[i].conn);
+            stoa_session_unref(wakes[i].sess);
+            continue;
+        }
+        if (!batch)
+            batch = stoa_xmalloc(n * sizeof *batch);
+        for (size_t j = i; j < n; j++) {
+            if (wakes[j].ops != ops || wakes[j].transport != transport)
+                continue;
+            batch[k++] = (stoa_wake_t){wakes[j].sess, wakes[j].conn};
+            wakes[j].ops = NULL;
+        }
+        ops->wake_batch(transport, batch, k);   /* the references pass to it */
+    }
+    free(batch);
+}
+
 void hub_unlock(stoa_hub_t *hub)
 {
     wake_t *wakes = hub->wakes;
     size_t n = hub->nwakes;
     bool kick = hub->bus_kick;
 
+    if (!n && !kick) {   /* nothing collected (every read of a session's queue) */
+        pthread_mutex_unlock(&hub->lock);
+        return;
+    }
     hub->bus_kick = false;
     hub->wakes = NULL;
     hub->nwakes = hub->capwakes = 0;
@@ -51,10 +87,7 @@ void hub_unlock(stoa_hub_t *hub)
     pthread_mutex_unlock(&hub->lock);
     if (kick)
         hub->bus_ops->kick(hub->bus);   /* bus_ops is fixed while serving */
-    for (size_t i = 0; i < n; i++) {
-        wakes[i].ops->wake(wakes[i].transport, wakes[i].sess, wakes[i].conn);
-        stoa_session_unref(wakes[i].sess);
-    }
+    deliver_wakes(wakes, n);
     free(wakes);
 }
 
@@ -81,7 +114,7 @@ static void schedule_wake(stoa_session_t *s)
 
 static entry_t *entry_at(stoa_session_t *s, size_t i)
 {
-    return &s->ring[(s->head + i) % s->cap];
+    return &s->ring[(s->head + i) & (s->cap - 1)];   /* cap is a power of two */
 }
 
 /* The last seq no longer buffered: the client must have everything up to
@@ -96,7 +129,7 @@ static void drop_oldest(stoa_session_t *s)
     entry_t *e = entry_at(s, 0);
     s->bytes -= stoa_msg_len(e->msg);
     stoa_msg_unref(e->msg);
-    s->head = (s->head + 1) % s->cap;
+    s->head = (s->head + 1) & (s->cap - 1);
     s->len--;
 }
 
@@ -121,8 +154,8 @@ static void trim(stoa_session_t *s, int64_t now, uint64_t keep_from)
     }
 }
 
-/* Number a reference to msg (the caller keeps its own) into the buffer. */
-static uint64_t append(stoa_session_t *s, stoa_msg_t *msg, int64_t now)
+/* Number msg into the buffer, the reference for it already taken. */
+static uint64_t append_ref(stoa_session_t *s, stoa_msg_t *msg, int64_t now)
 {
     entry_t *e;
     if (s->len == s->cap) {
@@ -137,21 +170,43 @@ static uint64_t append(stoa_session_t *s, stoa_msg_t *msg, int64_t now)
     }
     e = entry_at(s, s->len);
     e->seq = s->next_seq++;
-    e->msg = stoa_msg_ref(msg);
+    e->msg = msg;
     e->at_ms = now;
     s->len++;
     s->bytes += stoa_msg_len(msg);
     return e->seq;
 }
 
+/* Number a reference to msg (the caller keeps its own) into the buffer. */
+static uint64_t append(stoa_session_t *s, stoa_msg_t *msg, int64_t now)
+{
+    return append_ref(s, stoa_msg_ref(msg), now);
+}
+
+/* trim() after one append, skipping the walk when nothing can be over:
+ * within the count and size limits, and the oldest entry not too old. */
+static void trim_after_append(stoa_session_t *s, int64_t now)
+{
+    const stoa_config_t *cfg = s->hub->cfg;
+    if (s->len <= (size_t)cfg->session_buffer_msgs && s->bytes <= (size_t)cfg->session_buffer_bytes &&
+        now - entry_at(s, 0)->at_ms <= (int64_t)cfg->session_buffer_age_s * 1000)
+        return;
+    trim(s, now, UINT64_MAX);
+}
+
+/* hub_enqueue with the reference taken and the clock read by the caller. */
+static void enqueue_ref(stoa_session_t *s, stoa_msg_t *msg, int64_t now)
+{
+    append_ref(s, msg, now);
+    trim_after_append(s, now);
+    schedule_wake(s);
+}
+
 void hub_enqueue(stoa_session_t *s, stoa_msg_t *msg)
 {
-    int64_t now = stoa_now_ms();
     if (!s->open || s->origin)
         return;
-    append(s, msg, now);
-    trim(s, now, UINT64_MAX);
-    schedule_wake(s);
+    enqueue_ref(s, stoa_msg_ref(msg), stoa_now_ms());
 }
 
 /* Queue and drop the caller's reference. */
@@ -174,9 +229,23 @@ void hub_drop_buffer(stoa_session_t *s)
 
 void hub_broadcast(room_t *room, stoa_session_t *except, stoa_msg_t *msg)
 {
-    for (membership_t *m = room->members; m; m = m->hh_room.next)
-        if (m->sess != except)
-            hub_enqueue(m->sess, msg);
+    unsigned bound = HASH_CNT(hh_room, room->members), used = 0;
+    int64_t now;
+    if (!bound)
+        return;
+    now = stoa_now_ms();
+    /* Every recipient's reference at once (the caller's keeps msg alive
+     * meanwhile), then the unused ones given back: two atomic operations
+     * per fan-out instead of one per recipient. */
+    stoa_msg_ref_n(msg, bound);
+    for (membership_t *m = room->members; m; m = m->hh_room.next) {
+        stoa_session_t *s = m->sess;
+        if (s == except || !s->open || s->origin)
+            continue;
+        enqueue_ref(s, msg, now);
+        used++;
+    }
+    stoa_msg_unref_n(msg, bound - used);   /* never the last: the caller holds one */
 }
 
 static json_object *peer_entry(membership_t *m)
@@ -227,6 +296,7 @@ void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t 
     stoa_msg_unref(left);
     STOA_DEBUG("peer %s left %s (%s)", s->peer, room->name, stoa_left_reason_name(reason));
     json_object_put(m->state);
+    free(m->state_text);
     free(m);
     if (!room->members) {
         dirty_unlist(hub, room);
@@ -288,52 +358,84 @@ static void dirty_unlist(stoa_hub_t *hub, room_t *room)
     room->dirty_listed = false;
 }
 
+/* The hub's scratch text (len bytes, just encoded) becomes m's encoded
+ * state, and m's old buffer the scratch. */
+static void take_scratch(stoa_hub_t *hub, membership_t *m, size_t len)
+{
+    char *text = m->state_text;
+    size_t cap = m->state_cap;
+    m->state_text = hub->scratch;
+    m->state_cap = hub->scratch_cap;
+    m->state_len = len;
+    m->state_text_ok = true;
+    hub->scratch = text;
+    hub->scratch_cap = cap;
+}
+
+/* m's state encoded (once per change): m->state_text, m->state_len. */
+static void encode_state(membership_t *m)
+{
+    if (m->state_text_ok)
+        return;
+    m->state_len = stoa_json_encode(m->state, &m->state_text, &m->state_cap);
+    m->state_text_ok = true;
+}
+
 void hub_flush_room(stoa_hub_t *hub, room_t *room, int64_t now)
 {
     membership_t *only = NULL;
-    json_object *peers = NULL;
+    stoa_wire_state_t *peers = NULL;
+    size_t n = 0;
     stoa_msg_t *msg;
 
     dirty_unlist(hub, room);
     if (!room->ndirty)
         return;
+    /* Each state is encoded once per change (usually already, by
+     * stoa_hub_presence) and its text copied into the one message. */
     for (membership_t *m = room->members; m; m = m->hh_room.next) {
         if (!m->dirty)
             continue;
         m->dirty = false;
+        encode_state(m);
         if (room->ndirty == 1) {
             only = m;
             break;
         }
         if (!peers)
-            peers = json_object_new_array();
-        json_object *p = json_object_new_object();
-        json_object_object_add(p, "peer", json_object_new_string(m->sess->peer));
-        json_object_object_add(p, "state", json_object_get(m->state));
-        json_object_array_add(peers, p);
+            peers = stoa_xmalloc(room->ndirty * sizeof *peers);
+        peers[n++] = (stoa_wire_state_t){m->sess->peer, m->state_text, m->state_len};
     }
     room->ndirty = 0;
     room->last_flush_ms = now;
     if (only) {   /* one peer changed: the plain message, not sent back to it */
-        msg = stoa_wire_presence(room->name, only->sess->peer, only->state);
+        stoa_wire_state_t one = {only->sess->peer, only->state_text, only->state_len};
+        msg = stoa_wire_presence_text(room->name, &one);
         hub_broadcast(room, only->sess, msg);
     } else {      /* several: one message for all (each ignores its own entry) */
-        msg = stoa_wire_presence_batch(room->name, peers);
+        msg = stoa_wire_presence_batch_text(room->name, peers, n);
         hub_broadcast(room, NULL, msg);
-        json_object_put(peers);
+        free(peers);
     }
     stoa_msg_unref(msg);
 }
 
 void hub_set_state(membership_t *m, json_object *state)
 {
+    json_object_put(m->state);
+    m->state = state;
+    m->state_own = false;   /* it may be shared: copied before it is changed */
+    m->state_text_ok = false;
+    hub_state_changed(m);
+}
+
+void hub_state_changed(membership_t *m)
+{
     stoa_hub_t *hub = m->sess->hub;
     room_t *room = m->room;
     int tick = hub->cfg->presence_tick_ms;
     int64_t now;
 
-    json_object_put(m->state);
-    m->state = state;
     if (!m->dirty) {
         m->dirty = true;
         room->ndirty++;
@@ -486,6 +588,8 @@ void stoa_hub_free(stoa_hub_t *hub)
     hub_unlock(hub);
     json_object_put(hub->limits);
     json_object_put(hub->empty_state);
+    free(hub->scratch);
+    free(hub->emit_buf);
     free(hub->instance);
     pthread_mutex_destroy(&hub->lock);
     free(hub);
@@ -653,27 +757,56 @@ stoa_msg_t *stoa_session_next(stoa_session_t *s, void *conn, uint64_t *seq, bool
     return stoa_session_next_more(s, conn, seq, gone, NULL);
 }
 
+/* Up to max messages after the cursor into out[], under the lock. */
+static size_t take_locked(stoa_session_t *s, void *conn, stoa_msg_t **out, size_t max, uint64_t *first_seq,
+                          bool *gone, bool *more)
+{
+    bool attached = s->open && s->ops && s->conn == conn;
+    size_t n = 0;
+    if (gone)
+        *gone = !attached;
+    if (attached) {
+        if (s->cursor < floor_seq(s))
+            hub_resync(s, "gap");   /* this connection fell behind the buffer */
+        if (s->cursor + 1 < s->next_seq && max > 0) {
+            size_t i = (size_t)(s->cursor + 1 - entry_at(s, 0)->seq);
+            if (first_seq)
+                *first_seq = s->cursor + 1;
+            for (; n < max && i < s->len; n++, i++)
+                out[n] = stoa_msg_ref(entry_at(s, i)->msg);
+            s->cursor += n;
+        }
+    }
+    if (more)
+        *more = attached && s->cursor + 1 < s->next_seq;
+    return n;
+}
+
 stoa_msg_t *stoa_session_next_more(stoa_session_t *s, void *conn, uint64_t *seq, bool *gone, bool *more)
 {
     stoa_msg_t *msg = NULL;
     hub_lock(s->hub);
-    if (gone)
-        *gone = !s->open || !s->ops || s->conn != conn;
-    if (s->open && s->ops && s->conn == conn) {
-        if (s->cursor < floor_seq(s))
-            hub_resync(s, "gap");   /* this connection fell behind the buffer */
-        if (s->cursor + 1 < s->next_seq) {
-            entry_t *e = entry_at(s, (size_t)(s->cursor + 1 - entry_at(s, 0)->seq));
-            msg = stoa_msg_ref(e->msg);
-            s->cursor = e->seq;
-            if (seq)
-                *seq = e->seq;
-        }
-    }
-    if (more)
-        *more = s->open && s->ops && s->conn == conn && s->cursor + 1 < s->next_seq;
+    take_locked(s, conn, &msg, 1, seq, gone, more);
     hub_unlock(s->hub);
     return msg;
+}
+
+size_t stoa_session_take(stoa_session_t *s, void *conn, stoa_msg_t **out, size_t max, uint64_t *first_seq,
+                         bool *gone, bool *more)
+{
+    size_t n;
+    hub_lock(s->hub);
+    n = take_locked(s, conn, out, max, first_seq, gone, more);
+    hub_unlock(s->hub);
+    return n;
+}
+
+void stoa_session_untake(stoa_session_t *s, void *conn, uint64_t seq)
+{
+    hub_lock(s->hub);
+    if (s->open && s->ops && s->conn == conn && seq >= 1 && seq <= s->cursor)
+        s->cursor = seq - 1;   /* if the buffer has dropped them since, the next take resyncs */
+    hub_unlock(s->hub);
 }
 
 uint64_t stoa_session_delivered(stoa_session_t *s)
@@ -781,6 +914,7 @@ stoa_err_t stoa_hub_join_ex(stoa_session_t *s, const char *room_name, json_objec
         FAIL(STOA_ERR_RATE_LIMITED, "more than %g joins and leaves a second", cfg->join_rate);
     m = hub_add_membership(hub, s, room_name,
                            state ? stoa_presence_merge(NULL, state) : json_object_get(hub->empty_state), observe);
+    m->state_own = state != NULL;   /* a copy of its own, merged into in place from now on */
     room = m->room;
     peers = hub_room_peers(room);
     enqueue_owned(s, stoa_wire_room_state(room->name, peers, id));
@@ -840,6 +974,23 @@ out:
     return err;
 }
 
+/* Undo an in-place merge that went over the size limit: the state again
+ * as its text before (m->state_text, still valid) says. */
+static void restore_state(membership_t *m)
+{
+    struct json_tokener *tok = json_tokener_new_ex(JSON_TOKENER_DEFAULT_DEPTH * 4);
+    json_object *old = tok ? json_tokener_parse_ex(tok, m->state_text, (int)m->state_len) : NULL;
+    if (tok)
+        json_tokener_free(tok);
+    json_object_put(m->state);
+    if (!json_object_is_type(old, json_type_object)) {   /* cannot happen: it was encoded from an object */
+        json_object_put(old);
+        old = json_object_new_object();
+        m->state_text_ok = false;
+    }
+    m->state = old;
+}
+
 stoa_err_t stoa_hub_presence(stoa_session_t *s, const char *room_name, json_object *patch, json_object *id,
                              char *why, size_t whylen)
 {
@@ -848,7 +999,7 @@ stoa_err_t stoa_hub_presence(stoa_session_t *s, const char *room_name, json_obje
     membership_t *m;
     json_object *next = NULL, *ev;
     stoa_err_t err;
-    size_t size;
+    size_t size = 0;
 
     if (!json_object_is_type(patch, json_type_object)) {
         snprintf(why, whylen, "state must be a JSON object (a merge-patch of your state)");
@@ -863,13 +1014,34 @@ stoa_err_t stoa_hub_presence(stoa_session_t *s, const char *room_name, json_obje
     m->last_seen_ms = stoa_now_ms();
     if (!stoa_bucket_take(&s->presence_bucket, m->last_seen_ms))
         FAIL(STOA_ERR_RATE_LIMITED, "more than %g presence updates a second", cfg->presence_rate);
-    next = stoa_presence_merge(m->state, patch);
-    size = stoa_presence_size(next);
-    if (size > (size_t)cfg->max_state_bytes)
-        FAIL(STOA_ERR_STATE_TOO_LARGE, "presence state would be %zu bytes; the limit is %d", size,
-             cfg->max_state_bytes);
-    hub_set_state(m, next);
-    next = NULL;
+    if (!m->state_own) {
+        /* A shared state (none yet, or one from the bus): merged into a
+         * copy, which is then this membership's own. */
+        next = stoa_presence_merge(m->state, patch);
+        size = stoa_json_encode(next, &hub->scratch, &hub->scratch_cap);
+        if (size > (size_t)cfg->max_state_bytes)
+            FAIL(STOA_ERR_STATE_TOO_LARGE, "presence state would be %zu bytes; the limit is %d", size,
+                 cfg->max_state_bytes);
+        json_object_put(m->state);
+        m->state = next;
+        next = NULL;
+        m->state_own = true;
+    } else {
+        /* Its own state: merged in place (no copy of the rest of it) and
+         * encoded once, for the limit and for the presence messages. The
+         * text of the state before is kept until the new one is known to
+         * fit: over the limit, the state is restored from it. */
+        encode_state(m);
+        stoa_presence_merge_inplace(&m->state, patch);
+        size = stoa_json_encode(m->state, &hub->scratch, &hub->scratch_cap);
+        if (size > (size_t)cfg->max_state_bytes) {
+            restore_state(m);
+            FAIL(STOA_ERR_STATE_TOO_LARGE, "presence state would be %zu bytes; the limit is %d", size,
+                 cfg->max_state_bytes);
+        }
+    }
+    take_scratch(hub, m, size);
+    hub_state_changed(m);
     if (hub->bus_ops) {   /* other instances hear of it */
         ev = json_object_new_object();
         json_object_object_add(ev, "t", json_object_new_string("pres"));

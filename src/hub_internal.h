@@ -32,6 +32,16 @@ struct membership {
     room_t *room;
     stoa_session_t *sess;
     json_object *state;          /* always an object */
+    /* The state's plain JSON text, encoded once per change for the size
+     * limit and reused by every presence message it goes into (valid when
+     * state_text_ok; stoa_hub_presence's in-place merges keep it). */
+    char *state_text;
+    size_t state_len, state_cap;
+    bool state_text_ok;
+    /* state is this membership's own copy, which stoa_hub_presence merges
+     * into in place; otherwise it may be shared (the hub's empty_state, an
+     * object from a bus event) and is copied before the first change. */
+    bool state_own;
     int64_t last_seen_ms;
     bool dirty;                  /* state changed since the room's last presence flush */
     bool observer;               /* receives the room's messages, but is not announced, not
@@ -64,31 +74,35 @@ typedef struct entry {
 struct stoa_session {
     atomic_uint refs;
     stoa_hub_t *hub;
+    /* The fields every delivery touches first, together (guarded by
+     * hub->lock): whether it is open and local, where it is attached, and
+     * its numbered buffer. */
+    bool open;
+    bool wake_queued;
+    char *origin;
+    const stoa_transport_ops_t *ops;   /* NULL: detached */
+    void *transport;
+    void *conn;
+    entry_t *ring;               /* seqs ring[head].seq ... next_seq - 1, consecutive */
+    size_t cap, head, len, bytes;   /* cap: 0 or a power of two */
+    uint64_t next_seq;           /* the seq the next message gets */
+    uint64_t cursor;             /* last seq handed to the attached connection */
+    uint64_t resync_from, resync_to;   /* the latest resync block, kept until read */
     char peer[STOA_PEER_ID_LEN + 1];
     char id[STOA_SESSION_ID_LEN + 1];
     stoa_identity_t *ident;      /* immutable once open (a remote session's comes from its record) */
     char sidh[STOA_HUB_SIDH_LEN + 1];   /* hex digest of id: how other instances find it to move it */
     /* Everything below is guarded by hub->lock. */
     json_object *user;           /* {"id","name","color","anonymous"} */
-    const stoa_transport_ops_t *ops;   /* NULL: detached */
-    void *transport;
-    void *conn;
+    /* (ops, transport, conn and open: above) */
     int64_t detached_at_ms;
-    bool open;
     /* Cross-instance (hub_remote.c). A remote session is one connected to
      * another instance, known from the bus: origin is that instance's id,
      * it has members but no id, buffer or transport, and nothing is ever
-     * queued for it. A local session has origin NULL. gen counts moves
-     * between instances: a record with a lower gen is stale. */
-    char *origin;
+     * queued for it. A local session has origin NULL (origin: above). gen
+     * counts moves between instances: a record with a lower gen is stale. */
     uint64_t gen;
     unsigned mark;               /* snapshot epoch that last listed it */
-    bool wake_queued;
-    entry_t *ring;               /* seqs ring[head].seq ... next_seq - 1, consecutive */
-    size_t cap, head, len, bytes;
-    uint64_t next_seq;           /* the seq the next message gets */
-    uint64_t cursor;             /* last seq handed to the attached connection */
-    uint64_t resync_from, resync_to;   /* the latest resync block, kept until read */
     membership_t *rooms;
     stoa_bucket_t presence_bucket, ephemeral_bucket, join_bucket;
     UT_hash_handle hh;           /* in hub->sessions, keyed by peer */
@@ -121,8 +135,13 @@ struct stoa_hub {
     bool bus_kick;
     unsigned snap_epoch;
     room_t *dirty_rooms;         /* rooms with presence waiting for a flush */
+    char *scratch;               /* a state's text being encoded (stoa_hub_presence), */
+    size_t scratch_cap;          /* swapped with the membership's once it fits */
+    char *emit_buf;              /* the text of the bus event being emitted (hub_emit) */
+    size_t emit_cap;
     json_object *empty_state;    /* {} shared by every member without a state
-                                  * (states are replaced, never changed in place) */
+                                  * (only a membership's own copy, state_own,
+                                  * is ever changed in place) */
 };
 
 /* Lock the hub; unlock it and then deliver the wakeups (and the bus kick)
@@ -132,7 +151,8 @@ void hub_unlock(stoa_hub_t *hub);
 /* Queue msg (a reference taken) for a local session; no-op for a remote
  * or closed one. */
 void hub_enqueue(stoa_session_t *s, stoa_msg_t *msg);
-/* Queue msg for every local member of room but except. */
+/* Queue msg for every local member of room but except (one clock read and
+ * one reference count update for the whole fan-out). */
 void hub_broadcast(room_t *room, stoa_session_t *except, stoa_msg_t *msg);
 /* [{"peer","user","state"}...] of room (NULL: none), a new array. */
 json_object *hub_room_peers(room_t *room);
@@ -144,9 +164,14 @@ membership_t *hub_add_membership(stoa_hub_t *hub, stoa_session_t *s, const char 
 /* Remove a membership and tell the room; a local session's removal goes
  * on the bus too. Frees the room with its last member. */
 void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t reason);
-/* Replace a member's state (ownership taken) and tell the room's other
- * local members (presence). */
+/* Replace a member's state (ownership taken; it may be shared, and is
+ * never changed in place) and tell the room's other local members
+ * (presence). */
 void hub_set_state(membership_t *m, json_object *state);
+/* m->state was changed (in place, or replaced by the caller, who keeps
+ * state_own, state_text and state_text_ok true to it): the same telling,
+ * without a replacement. */
+void hub_state_changed(membership_t *m);
 /* Send the room's pending presence now (one message for every member
  * whose state changed), so that what follows is not overtaken by it. */
 void hub_flush_room(stoa_hub_t *hub, room_t *room, int64_t now);
@@ -157,8 +182,11 @@ void hub_drop_buffer(stoa_session_t *s);
  * made the session unreachable for conn, so the transport finds it gone). */
 void hub_add_wake(stoa_hub_t *hub, const stoa_transport_ops_t *ops, void *transport, void *conn, stoa_session_t *s);
 
-/* The bus side (hub_remote.c). Encode ev (ownership taken) and append it
- * to the bus queue; a no-op without a bus. */
+/* The bus side (hub_remote.c). Under the hub lock: encode ev (ownership
+ * taken; into hub->emit_buf) and append it to the bus queue; a no-op
+ * without a bus. ev must be encoded at once:
+ * what it holds references to (a membership's state, which
+ * stoa_hub_presence changes in place) may change after the call. */
 void hub_emit(stoa_hub_t *hub, json_object *ev);
 /* {"t":"sess",...}: everything another instance needs to know of a local
  * session s (and to take it over): a new object. */

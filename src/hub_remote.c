@@ -6,6 +6,7 @@
  * entry points below), like the rest of the hub.
  */
 #include "hub_internal.h"
+#include "stoa/jsontext.h"
 #include "stoa/log.h"
 #include "stoa/proto.h"
 #include "stoa/room.h"
@@ -18,175 +19,14 @@
 
 /* ---- what the hub tells the bus ---- */
 
-/* An event's encoding, as json_object_to_json_string_ext(ev,
- * JSON_C_TO_STRING_PLAIN) writes it, byte for byte (the bus splices parts
- * of it into client messages on the other instances, next to parts
- * json-c wrote), at a fraction of the cost: no printbuf per object, a
- * string copied a run at a time rather than a byte at a time. Numbers
- * other than plain integers, and objects that carry their own text (a
- * parsed number's, a frozen object's: they have userdata) are left to
- * json-c. */
-typedef struct ebuf {
-    char *p;
-    size_t len, cap;
-    char *heap;   /* p when it has grown out of the caller's buffer */
-} ebuf_t;
-
-static void eb_put(ebuf_t *b, const char *s, size_t n)
-{
-    if (b->len + n > b->cap) {
-        size_t cap = (b->len + n) * 2;
-        char *p = stoa_xmalloc(cap);
-        memcpy(p, b->p, b->len);
-        free(b->heap);
-        b->p = b->heap = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
-/* The bytes json-c escapes: control characters, '"', '\\' and '/'. */
-static const unsigned char escaped[256] = {
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    ['"'] = 1, ['\\'] = 1, ['/'] = 1,
-};
-
-/* Whether none of the 8 bytes in w is escaped (bit tricks: a byte below
- * 0x20, or equal to '"', '\\' or '/', sets the high bit of its lane). */
-static bool plain8(uint64_t w)
-{
-    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-    uint64_t q = w ^ (ones * '"'), bs = w ^ (ones * '\\'), sl = w ^ (ones * '/');
-    return (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((bs - ones) & ~bs) | ((sl - ones) & ~sl)) & highs
-               ? false
-               : true;
-}
-
-static void eb_string(ebuf_t *b, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t run = 0;
-    eb_put(b, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c;
-        const char *esc;
-        char u[6];
-        uint64_t w;
-        while (i + 8 <= n && (memcpy(&w, s + i, 8), plain8(w)))
-            i += 8;
-        if (i >= n)
-            break;
-        c = (unsigned char)s[i];
-        if (!escaped[c])
-            continue;
-        eb_put(b, s + run, i - run);
-        run = i + 1;
-        switch (c) {
-        case '\b': esc = "\\b"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case '\t': esc = "\\t"; break;
-        case '\f': esc = "\\f"; break;
-        case '"': esc = "\\\""; break;
-        case '\\': esc = "\\\\"; break;
-        case '/': esc = "\\/"; break;
-        default:
-            memcpy(u, "\\u00", 4);
-            u[4] = hex[c >> 4];
-            u[5] = hex[c & 0xf];
-            eb_put(b, u, 6);
-            continue;
-        }
-        eb_put(b, esc, 2);
-    }
-    eb_put(b, s + run, n - run);
-    eb_put(b, "\"", 1);
-}
-
-static void eb_value(ebuf_t *b, json_object *o)
-{
-    char num[24];
-    size_t len;
-    int64_t v;
-    bool first = true;
-
-    if (!o) {
-        eb_put(b, "null", 4);
-        return;
-    }
-    switch (json_object_get_type(o)) {
-    case json_type_boolean:
-        if (json_object_get_userdata(o))
-            break;
-        if (json_object_get_boolean(o))
-            eb_put(b, "true", 4);
-        else
-            eb_put(b, "false", 5);
-        return;
-    case json_type_int:
-        if (json_object_get_userdata(o) || (v = json_object_get_int64(o)) == INT64_MAX)
-            break;   /* a frozen object, or an unsigned beyond int64: json-c knows */
-        {
-            /* "%" PRId64, written backwards */
-            uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-            char *p = num + sizeof num;
-            do {
-                *--p = (char)('0' + u % 10);
-                u /= 10;
-            } while (u);
-            if (v < 0)
-                *--p = '-';
-            eb_put(b, p, (size_t)(num + sizeof num - p));
-        }
-        return;
-    case json_type_string:
-        if (json_object_get_userdata(o))
-            break;
-        eb_string(b, json_object_get_string(o), (size_t)json_object_get_string_len(o));
-        return;
-    case json_type_object:
-        if (json_object_get_userdata(o))
-            break;
-        eb_put(b, "{", 1);
-        json_object_object_foreach(o, key, val) {
-            if (!first)
-                eb_put(b, ",", 1);
-            first = false;
-            eb_string(b, key, strlen(key));
-            eb_put(b, ":", 1);
-            eb_value(b, val);
-        }
-        eb_put(b, "}", 1);
-        return;
-    case json_type_array:
-        if (json_object_get_userdata(o))
-            break;
-        eb_put(b, "[", 1);
-        for (size_t i = 0, n = json_object_array_length(o); i < n; i++) {
-            if (i)
-                eb_put(b, ",", 1);
-            eb_value(b, json_object_array_get_idx(o, i));
-        }
-        eb_put(b, "]", 1);
-        return;
-    default:
-        break;
-    }
-    {
-        const char *text = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN, &len);
-        eb_put(b, text, len);
-    }
-}
-
+/* Under the hub lock. The event's text is json-c's, byte for byte (the
+ * bus splices parts of it into client messages on the other instances,
+ * next to parts json-c wrote), from the shared fast encoder. */
 void hub_emit(stoa_hub_t *hub, json_object *ev)
 {
     if (hub->bus_ops) {
-        char buf[4096];
-        ebuf_t b = {.p = buf, .cap = sizeof buf};
-        eb_value(&b, ev);
-        hub->bus_ops->emit(hub->bus, b.p, b.len);
-        free(b.heap);
+        size_t len = stoa_json_encode(ev, &hub->emit_buf, &hub->emit_cap);
+        hub->bus_ops->emit(hub->bus, hub->emit_buf, len);
         hub->bus_kick = true;
     }
     json_object_put(ev);

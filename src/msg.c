@@ -22,6 +22,13 @@ stoa_msg_t *stoa_msg_new(const char *text, size_t len)
     return m;
 }
 
+stoa_msg_t *stoa_msg_ref_n(stoa_msg_t *msg, unsigned n)
+{
+    if (n)
+        atomic_fetch_add_explicit(&msg->refs, n, memory_order_relaxed);
+    return msg;
+}
+
 stoa_msg_t *stoa_msg_ref(stoa_msg_t *msg)
 {
     atomic_fetch_add_explicit(&msg->refs, 1, memory_order_relaxed);
@@ -31,6 +38,12 @@ stoa_msg_t *stoa_msg_ref(stoa_msg_t *msg)
 void stoa_msg_unref(stoa_msg_t *msg)
 {
     if (msg && atomic_fetch_sub_explicit(&msg->refs, 1, memory_order_acq_rel) == 1)
+        free(msg);
+}
+
+void stoa_msg_unref_n(stoa_msg_t *msg, unsigned n)
+{
+    if (msg && n && atomic_fetch_sub_explicit(&msg->refs, n, memory_order_acq_rel) == n)
         free(msg);
 }
 

@@ -2,7 +2,9 @@
 #include "stoa/proto.h"
 #include "stoa/wire.h"
 
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Every command has the same shape: an optional room, an optional argument
@@ -58,18 +60,55 @@ void stoa_proto_error(stoa_session_t *sess, stoa_err_t code, const char *message
     stoa_hub_send(sess, stoa_wire_error(code, message, id, room));
 }
 
+/* One tokener per thread, reset for each message, instead of one made and
+ * freed per message (its state, stack and buffer: three allocations). */
+static pthread_key_t tok_key;
+static pthread_once_t tok_once = PTHREAD_ONCE_INIT;
+
+static void tok_free(void *tok)
+{
+    json_tokener_free(tok);
+}
+
+static void tok_key_init(void)
+{
+    if (pthread_key_create(&tok_key, tok_free) != 0)
+        abort();
+}
+
+static struct json_tokener *thread_tokener(void)
+{
+    struct json_tokener *tok;
+    pthread_once(&tok_once, tok_key_init);
+    tok = pthread_getspecific(tok_key);
+    if (tok) {
+        json_tokener_reset(tok);
+        return tok;
+    }
+    tok = json_tokener_new_ex(STOA_PROTO_MAX_DEPTH);
+    if (!tok)
+        return NULL;
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT);   /* no comments, single quotes or trailing commas */
+    if (pthread_setspecific(tok_key, tok) != 0) {
+        json_tokener_free(tok);
+        return NULL;
+    }
+    return tok;
+}
+
 /* Parse one JSON text: 0 with the value in *out (NULL for JSON null), or
  * -1 with the reason in why. */
 static int parse(const char *text, size_t len, json_object **out, char *why, size_t whylen)
 {
-    struct json_tokener *tok = json_tokener_new_ex(STOA_PROTO_MAX_DEPTH);
+    struct json_tokener *tok = thread_tokener();
     json_object *obj;
     enum json_tokener_error e;
     bool at_end = false;
     *out = NULL;
-    if (!tok)
+    if (!tok) {
+        snprintf(why, whylen, "out of memory");
         return -1;
-    json_tokener_set_flags(tok, JSON_TOKENER_STRICT);   /* no comments, single quotes or trailing commas */
+    }
     obj = json_tokener_parse_ex(tok, text, (int)len);
     if (!obj && json_tokener_get_error(tok) == json_tokener_continue) {
         /* All input read: end it, so that a number or literal at the end completes. */
@@ -80,7 +119,6 @@ static int parse(const char *text, size_t len, json_object **out, char *why, siz
     if (e != json_tokener_success) {
         snprintf(why, whylen, "invalid JSON: %s", json_tokener_error_desc(e));
         json_object_put(obj);
-        json_tokener_free(tok);
         return -1;
     } else if (!at_end && json_tokener_get_parse_end(tok) < len) {
         size_t end = json_tokener_get_parse_end(tok);
@@ -89,11 +127,9 @@ static int parse(const char *text, size_t len, json_object **out, char *why, siz
         if (end < len) {
             snprintf(why, whylen, "unexpected data after the JSON value");
             json_object_put(obj);
-            json_tokener_free(tok);
             return -1;
         }
     }
-    json_tokener_free(tok);
     *out = obj;
     return 0;
 }

@@ -87,17 +87,23 @@ static stoa_stream_step_t sse_pump(void *src, stoa_stream_conn_t *sc, int64_t no
         x->hello = NULL;
     }
     for (;;) {
-        uint64_t seq;
-        stoa_msg_t *msg;
-        if (stoa_stream_written(sc) >= STOA_STREAM_BATCH && !closing) {
+        /* Several messages under one hub lock; one at a time near the
+         * batch's end, so a pump stays about STOA_STREAM_BATCH bytes. */
+        stoa_msg_t *msgs[16];
+        uint64_t first = 0;
+        size_t n, written = stoa_stream_written(sc);
+        if (written >= STOA_STREAM_BATCH && !closing) {
             full = true;
             break;
         }
-        msg = stoa_session_next(x->sess, STOA_HTTP_CONN(x->id), &seq, &gone);
-        if (!msg)
+        n = stoa_session_take(x->sess, STOA_HTTP_CONN(x->id), msgs, written < STOA_STREAM_BATCH / 2 ? 16 : 1,
+                              &first, &gone, NULL);
+        if (n == 0)
             break;
-        add_event(sc, true, seq, stoa_msg_text(msg), stoa_msg_len(msg));
-        stoa_msg_unref(msg);
+        for (size_t i = 0; i < n; i++) {
+            add_event(sc, true, first + i, stoa_msg_text(msgs[i]), stoa_msg_len(msgs[i]));
+            stoa_msg_unref(msgs[i]);
+        }
     }
     if (stoa_stream_written(sc) > 0) {
         x->last_write_ms = now;

@@ -155,6 +155,91 @@ stoa_msg_t *stoa_wire_pong(json_object *id)
     return finish(o);
 }
 
+/* ---- presence from encoded states ---- */
+
+/* A growing byte buffer for the text encoders. */
+typedef struct {
+    char *p;
+    size_t len, cap;
+} tbuf_t;
+
+static void tb_put(tbuf_t *b, const char *s, size_t n)
+{
+    if (b->len + n > b->cap) {
+        b->cap = (b->len + n) * 2 + 64;
+        b->p = stoa_xrealloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+#define TB_LIT(b, lit) tb_put((b), (lit), sizeof(lit) - 1)
+
+/* s as a JSON string, as json-c writes it (JSON_C_TO_STRING_PLAIN): copied
+ * between quotes when nothing in it needs escaping, else through json-c. */
+static void tb_str(tbuf_t *b, const char *s)
+{
+    size_t n = 0;
+    for (const unsigned char *q = (const unsigned char *)s; *q; q++, n++)
+        if (*q < 0x20 || *q >= 0x7f || *q == '"' || *q == '\\' || *q == '/')
+            goto slow;
+    tb_put(b, "\"", 1);
+    tb_put(b, s, n);
+    tb_put(b, "\"", 1);
+    return;
+slow: {
+    json_object *o = json_object_new_string(s);
+    size_t len = 0;
+    const char *text = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN, &len);
+    tb_put(b, text, len);
+    json_object_put(o);
+}
+}
+
+static stoa_msg_t *tb_msg(tbuf_t *b)
+{
+    stoa_msg_t *m = stoa_msg_new(b->p, b->len);
+    free(b->p);
+    return m;
+}
+
+stoa_msg_t *stoa_wire_presence_text(const char *room, const stoa_wire_state_t *st)
+{
+    tbuf_t b = {NULL, 0, 0};
+    TB_LIT(&b, "{\"type\":\"presence\",\"room\":");
+    tb_str(&b, room);
+    TB_LIT(&b, ",\"peer\":");
+    tb_str(&b, st->peer);
+    TB_LIT(&b, ",\"state\":");
+    tb_put(&b, st->state, st->state_len);
+    TB_LIT(&b, "}");
+    return tb_msg(&b);
+}
+
+stoa_msg_t *stoa_wire_presence_batch_text(const char *room, const stoa_wire_state_t *peers, size_t n)
+{
+    tbuf_t b = {NULL, 0, 0};
+    size_t est = 64 + strlen(room);
+    for (size_t i = 0; i < n; i++)
+        est += 32 + strlen(peers[i].peer) + peers[i].state_len;
+    b.p = stoa_xmalloc(est);
+    b.cap = est;
+    TB_LIT(&b, "{\"type\":\"presence_batch\",\"room\":");
+    tb_str(&b, room);
+    TB_LIT(&b, ",\"peers\":[");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            TB_LIT(&b, ",");
+        TB_LIT(&b, "{\"peer\":");
+        tb_str(&b, peers[i].peer);
+        TB_LIT(&b, ",\"state\":");
+        tb_put(&b, peers[i].state, peers[i].state_len);
+        TB_LIT(&b, "}");
+    }
+    TB_LIT(&b, "]}");
+    return tb_msg(&b);
+}
+
 /* The text a frozen object stands for, kept in its userdata. */
 static int frozen_serialize(json_object *jso, struct printbuf *pb, int level, int flags)
 {

@@ -87,10 +87,13 @@ struct stoa_ws {
 };
 
 static void ws_wake(void *transport, stoa_session_t *sess, void *conn);
+static void wake_conn(conn_t *c);
+static void ws_wake_batch(void *transport, stoa_wake_t *wakes, size_t n);
 
 static const stoa_transport_ops_t ws_ops = {
     .name = "websocket",
     .wake = ws_wake,
+    .wake_batch = ws_wake_batch,
 };
 
 /* Any thread: queue the session and wake its shard's service thread. */
@@ -111,6 +114,28 @@ static void ws_wake(void *transport, stoa_session_t *sess, void *conn)
      * batch, not one per recipient). Once stopping, the context is being
      * destroyed on this very thread (stoa_ws_free); the queue is then
      * dropped there. */
+    if (first && !atomic_load(&sh->ws->stop))
+        lws_cancel_service(sh->ctx);
+}
+
+/* Any thread: the wakes of one fan-out for this shard, under one lock and
+ * with one wakeup; the session references pass to the queue. */
+static void ws_wake_batch(void *transport, stoa_wake_t *wakes, size_t n)
+{
+    shard_t *sh = transport;
+    bool first;
+    pthread_mutex_lock(&sh->mu);
+    if (sh->nwake + n > sh->capwake) {
+        size_t cap = sh->capwake ? sh->capwake * 2 : 64;
+        while (cap < sh->nwake + n)
+            cap *= 2;
+        sh->wake_q = stoa_xrealloc(sh->wake_q, cap * sizeof *sh->wake_q);
+        sh->capwake = cap;
+    }
+    first = sh->nwake == 0;
+    for (size_t i = 0; i < n; i++)
+        sh->wake_q[sh->nwake++] = (pending_wake_t){wakes[i].sess, wakes[i].conn};
+    pthread_mutex_unlock(&sh->mu);
     if (first && !atomic_load(&sh->ws->stop))
         lws_cancel_service(sh->ctx);
 }
@@ -157,8 +182,8 @@ static void drain_queues(shard_t *sh)
     for (size_t i = 0; i < nwakes; i++) {
         conn_t *c;
         HASH_FIND_PTR(sh->conns, &wakes[i].conn, c);
-        if (c)   /* still open: it learns from stoa_session_next what happened */
-            lws_callback_on_writable(c->wsi);
+        if (c)   /* still open: it learns from the session what happened */
+            wake_conn(c);
         stoa_session_unref(wakes[i].sess);
     }
     free(fds);
@@ -335,47 +360,58 @@ static int write_raw(shard_t *sh, struct lws *wsi, size_t used)
     return used && lws_write(wsi, sh->wbuf + LWS_PRE, used, LWS_WRITE_RAW) < (int)used ? -1 : 0;
 }
 
-/* A backlog (the reader, or this thread, fell behind): up to WRITE_BURST
- * messages, first then the session's next ones, framed into the shard's
- * buffer and sent with one write instead of one each (a message too large
- * for the buffer goes by itself, in order). Stops early once the socket
- * is full. Sets *more when messages still wait. Takes first. */
+/* A backlog (the reader, or this thread, fell behind): first and up to
+ * WRITE_BURST - 1 more of the session's messages, taken under one hub
+ * lock, framed into the shard's buffer and sent with one write instead of
+ * one each (a message too large for the buffer goes by itself, in order).
+ * What the socket does not take at once lws keeps and sends first (at most
+ * one such batch: the next comes only once it is out). Sets *more when
+ * messages still wait. Takes first. */
 static int write_backlog(conn_t *c, struct lws *wsi, stoa_msg_t *first, bool *more)
 {
     shard_t *sh = c->sh;
-    stoa_msg_t *msg = first;
-    size_t used = 0;
-    bool gone;
+    stoa_msg_t *batch[WRITE_BURST];
+    size_t n = 1, used = 0;
+    int rc = 0;
 
-    for (int burst = 1;; burst++) {
-        size_t need = stoa_msg_len(msg) + FRAME_HEADER_MAX;
-        if (need > COALESCE_BYTES - used) {
-            if (write_raw(sh, wsi, used) < 0) {
-                stoa_msg_unref(msg);
-                return -1;
-            }
+    batch[0] = first;
+    n += stoa_session_take(c->sess, c, batch + 1, WRITE_BURST - 1, NULL, NULL, more);
+    for (size_t i = 0; i < n; i++) {
+        size_t need = stoa_msg_len(batch[i]) + FRAME_HEADER_MAX;
+        if (rc == 0 && need > COALESCE_BYTES - used) {
+            rc = write_raw(sh, wsi, used);
             used = 0;
         }
-        if (need > COALESCE_BYTES) {
-            if (write_msg(wsi, msg) < 0)
-                return -1;
-        } else {
-            used += frame_into(sh->wbuf + LWS_PRE + used, msg);
-            stoa_msg_unref(msg);
-        }
-        if (!*more || !c->sess || burst == WRITE_BURST || (used == 0 && lws_send_pipe_choked(wsi)))
-            break;
-        if (!(msg = stoa_session_next_more(c->sess, c, NULL, &gone, more)))
-            break;
+        if (rc == 0 && need > COALESCE_BYTES)
+            rc = write_msg(wsi, stoa_msg_ref(batch[i]));
+        else if (rc == 0)
+            used += frame_into(sh->wbuf + LWS_PRE + used, batch[i]);
+        stoa_msg_unref(batch[i]);
     }
-    return write_raw(sh, wsi, used);
+    return rc == 0 ? write_raw(sh, wsi, used) : rc;
+}
+
+/* Send what the session has now: the next message from its shared buffer
+ * when it is the only one, else a backlog batch. Returns 1 when more waits,
+ * 0 when not, -1 on a write error; *gone when there was nothing because
+ * the session is no longer this connection's. */
+static int send_pending(conn_t *c, struct lws *wsi, bool *gone)
+{
+    bool more = false;
+    stoa_msg_t *msg = stoa_session_next_more(c->sess, c, NULL, gone, &more);
+    if (!msg)
+        return 0;
+    if (!more)
+        return write_msg(wsi, msg);
+    return write_backlog(c, wsi, msg, &more) < 0 ? -1 : more;
 }
 
 /* Returns -1 to close the connection. */
 static int on_writable(conn_t *c, struct lws *wsi)
 {
     stoa_msg_t *msg;
-    bool gone, more = true;
+    bool gone = false;
+    int more;
     if (c->last_words) {
         msg = c->last_words;
         c->last_words = NULL;
@@ -398,34 +434,49 @@ static int on_writable(conn_t *c, struct lws *wsi)
     if (c->hello) {
         msg = c->hello;
         c->hello = NULL;
-    } else {
-        msg = stoa_session_next_more(c->sess, c, NULL, &gone, &more);
-    }
-    if (!msg) {
-        if (gone) {   /* another connection took the session over, or it ended */
-            static const char why[] = "SUPERSEDED";
-            lws_close_reason(wsi, (enum lws_close_status)STOA_WS_CLOSE_SUPERSEDED, (unsigned char *)why,
-                             sizeof why - 1);
-            return -1;
-        }
-        if (c->going_away) {
-            lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, NULL, 0);
-            return -1;
-        }
-        return 0;
-    }
-    if (!more) {   /* keeping up: the one message, from its shared buffer */
         if (write_msg(wsi, msg) < 0)
             return -1;
-    } else if (write_backlog(c, wsi, msg, &more) < 0) {
+        lws_callback_on_writable(wsi);   /* the session's messages may wait behind it */
+        return 0;
+    }
+    if ((more = send_pending(c, wsi, &gone)) < 0)
+        return -1;
+    if (gone) {   /* another connection took the session over, or it ended */
+        static const char why[] = "SUPERSEDED";
+        lws_close_reason(wsi, (enum lws_close_status)STOA_WS_CLOSE_SUPERSEDED, (unsigned char *)why,
+                         sizeof why - 1);
         return -1;
     }
-    /* More waiting (or the hello went first): be called again. Otherwise
-     * the next wake asks. A session closed meanwhile shows as "no more"
-     * here but wakes this connection, which then finds it gone. */
+    if (!more && c->going_away) {
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, NULL, 0);
+        return -1;
+    }
+    /* More waiting: be called again. Otherwise the next wake asks. A
+     * session closed meanwhile shows as "no more" here but wakes this
+     * connection, which then finds it gone. */
     if (more || c->going_away)
         lws_callback_on_writable(wsi);
     return 0;
+}
+
+/* Shard thread, on a wake: send at once instead of asking lws for a
+ * writable callback (which costs a round of the event loop and two
+ * changes of the descriptor's epoll events per message). Only when the
+ * connection has nothing of its own to send first and lws holds no
+ * unsent bytes of it; otherwise, and to close, the callback does it. */
+static void wake_conn(conn_t *c)
+{
+    bool gone = false;
+    int more;
+    if (!c->sess || c->hello || c->last_words || c->ping_due || c->going_away || lws_partial_buffered(c->wsi)) {
+        lws_callback_on_writable(c->wsi);
+        return;
+    }
+    more = send_pending(c, c->wsi, &gone);
+    if (more < 0)
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    else if (more > 0 || gone)
+        lws_callback_on_writable(c->wsi);
 }
 
 static void on_closed(conn_t *c)

@@ -22,7 +22,7 @@
 #   --only TARGET    stoa, nchan, nodews or ceiling
 #   --scenario NAME  only the runs whose name starts with NAME: fanout,
 #                    fanout-1x1000, fanout-100x10, fanout-1x10000, ramp,
-#                    presence, idle, cross (fanout-1x10000-ws-spread: Stoa
+#                    presence, idle, cross, cross-bus (fanout-1x10000-ws-spread: Stoa
 #                    on every core, ws_threads = CPUs, nothing pinned;
 #                    every other run pins the server, Stoa with one
 #                    WebSocket thread, to CPU 0 and the generator to CPU 1)
@@ -436,7 +436,7 @@ http_publish() {   # targets with an HTTP publish endpoint
 
 cross_instance() {   # two stoa instances on one PostgreSQL
   local name=cross-1x1000-ws
-  want_run "$name" || return 0
+  want_run "$name" || want_run cross-bus || return 0
   if ! "$BENCH" --help 2>&1 | grep -q -- '--pub-port'; then
     skip stoa "$name" "stoa-bench has no option for a second port (publishers on another instance)"
     return 0
@@ -458,18 +458,43 @@ cross_instance() {   # two stoa instances on one PostgreSQL
   "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -c 'CREATE DATABASE stoa' >/dev/null
   local url="postgresql://postgres@127.0.0.1:$pg_port/stoa"
   "$STOA" migrate --database "$url" >/dev/null
-  # Instance A (subscribers) is measured; instance B (publishers) shares CPU 0.
-  STOA_DB_URL=$url start_server stoa
-  local a_port=$SERVER_PORT a_main=$SERVER_MAIN a_dir=$SERVER_DIR
-  STOA_DB_URL=$url start_server stoa
-  local b_port=$SERVER_PORT
-  EXTRA_PIDS=("$SERVER_MAIN")
-  # both instances are measured (CPU and memory summed)
-  SERVER_PID=$a_main,$SERVER_MAIN SERVER_MAIN=$a_main SERVER_PORT=$a_port SERVER_DIR=$a_dir
-  sleep 2   # the instances hear each other on the bus
-  gen stoa "$name" --scenario fanout --transport ws --rooms 1 --subs 1000 --pubs 1 --rate 100 --pub-port "$b_port"
-  stop_server
-  keep_server_logs "stoa-$name"
+  local a_port a_main a_dir b_port
+  if want_run "$name"; then
+    # Instance A (subscribers) is measured; instance B (publishers) shares CPU 0.
+    STOA_DB_URL=$url start_server stoa
+    a_port=$SERVER_PORT a_main=$SERVER_MAIN a_dir=$SERVER_DIR
+    STOA_DB_URL=$url start_server stoa
+    b_port=$SERVER_PORT
+    EXTRA_PIDS=("$SERVER_MAIN")
+    # both instances are measured (CPU and memory summed)
+    SERVER_PID=$a_main,$SERVER_MAIN SERVER_MAIN=$a_main SERVER_PORT=$a_port SERVER_DIR=$a_dir
+    sleep 2   # the instances hear each other on the bus
+    gen stoa "$name" --scenario fanout --transport ws --rooms 1 --subs 1000 --pubs 1 --rate 100 --pub-port "$b_port"
+    stop_server
+    keep_server_logs "stoa-$name"
+  fi
+  # Bus throughput: 200 rooms, one publisher each on B, one observer each
+  # on A, at 100,000 and 200,000 messages/s in all. Two instances and
+  # PostgreSQL share the machine's cores here (nothing pinned, each
+  # instance with ws_threads = CPUs); the generator shares them too.
+  local total
+  for total in 100000 200000; do
+    local bname="cross-bus-200x1-$((total / 1000))k"
+    want_run "$bname" || continue
+    SPREAD=1
+    STOA_DB_URL=$url start_server stoa
+    a_port=$SERVER_PORT a_main=$SERVER_MAIN a_dir=$SERVER_DIR
+    STOA_DB_URL=$url start_server stoa
+    b_port=$SERVER_PORT
+    EXTRA_PIDS=("$SERVER_MAIN")
+    SERVER_PID=$a_main,$SERVER_MAIN SERVER_MAIN=$a_main SERVER_PORT=$a_port SERVER_DIR=$a_dir
+    sleep 2
+    gen stoa "$bname" --scenario fanout --transport ws --rooms 200 --subs 1 --pubs 1 --rate $((total / 200)) \
+      --pub-port "$b_port"
+    stop_server
+    keep_server_logs "stoa-$bname"
+    SPREAD=0
+  done
   pg_stop
 }
 

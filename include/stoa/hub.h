@@ -50,6 +50,12 @@ typedef enum {
 
 const char *stoa_left_reason_name(stoa_left_reason_t reason);
 
+/* One wakeup of a batch (stoa_transport_ops_t.wake_batch). */
+typedef struct stoa_wake {
+    stoa_session_t *sess;   /* a reference, passed to the transport */
+    void *conn;
+} stoa_wake_t;
+
 typedef struct stoa_transport_ops {
     const char *name;
     /* The session has new messages for `conn`, or `conn` must stop
@@ -59,6 +65,14 @@ typedef struct stoa_transport_ops {
      * before touching it. Called from any thread with no hub lock held;
      * must not block and must not call back into the hub. */
     void (*wake)(void *transport, stoa_session_t *sess, void *conn);
+    /* Optional: the wakeups of one locked section for this transport at
+     * once (a fan-out wakes every recipient), instead of one wake call
+     * each: one lock of the transport's queue and one event-loop wakeup
+     * for all of them. Each entry's session reference passes to the
+     * transport, which drops it (stoa_session_unref) when done with it.
+     * wakes[] is only valid during the call. Same rules as wake
+     * otherwise. NULL: wake is called for each. */
+    void (*wake_batch)(void *transport, stoa_wake_t *wakes, size_t n);
 } stoa_transport_ops_t;
 
 /* cfg is borrowed and must outlive the hub. */
@@ -155,6 +169,19 @@ stoa_msg_t *stoa_session_next(stoa_session_t *sess, void *conn, uint64_t *seq, b
 /* The same, and whether more messages are waiting after it (in *more), so
  * that a transport asks to be called again only when there are. */
 stoa_msg_t *stoa_session_next_more(stoa_session_t *sess, void *conn, uint64_t *seq, bool *gone, bool *more);
+/* The batch form, under one hub lock: up to max messages after the
+ * delivery cursor into out[] (references owned by the caller), advancing
+ * the cursor past them. Returns how many; their seqs are consecutive, the
+ * first in *first_seq (if not NULL). *gone and *more (each if not NULL) as
+ * for stoa_session_next_more. A transport that could not send some of
+ * them gives them back with stoa_session_untake. */
+size_t stoa_session_take(stoa_session_t *sess, void *conn, stoa_msg_t **out, size_t max, uint64_t *first_seq,
+                         bool *gone, bool *more);
+/* conn sent nothing from seq on of what it took (it still drops its own
+ * references): the cursor moves back to seq - 1, so they are handed out
+ * again (or, if the buffer dropped them meanwhile, a resync is). No-op
+ * when conn is no longer the session's connection or seq was not taken. */
+void stoa_session_untake(stoa_session_t *sess, void *conn, uint64_t seq);
 /* The delivery cursor: the last seq handed to a connection. */
 uint64_t stoa_session_delivered(stoa_session_t *sess);
 /* The client has everything up to seq: the buffer may drop it. */

@@ -21,8 +21,13 @@ typedef struct stoa_msg stoa_msg_t;
 stoa_msg_t *stoa_msg_new(const char *text, size_t len);
 /* Take one more reference; returns msg. */
 stoa_msg_t *stoa_msg_ref(stoa_msg_t *msg);
+/* Take n more references at once (one atomic operation for a fan-out to n
+ * recipients); returns msg. */
+stoa_msg_t *stoa_msg_ref_n(stoa_msg_t *msg, unsigned n);
 /* Drop one reference; the last one frees the message. NULL is ignored. */
 void stoa_msg_unref(stoa_msg_t *msg);
+/* Drop n references at once; the last one frees the message. */
+void stoa_msg_unref_n(stoa_msg_t *msg, unsigned n);
 
 /* The text (NUL-terminated) and its length, without headroom. */
 const char *stoa_msg_text(const stoa_msg_t *msg);

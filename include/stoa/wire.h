@@ -36,6 +36,18 @@ stoa_msg_t *stoa_wire_error(stoa_err_t code, const char *message, json_object *i
 stoa_msg_t *stoa_wire_ack(json_object *id);
 stoa_msg_t *stoa_wire_pong(json_object *id);
 
+/* The presence encoders again, from states already encoded as JSON text
+ * (each peer's state encoded once, shared by every message it goes into),
+ * byte for byte what stoa_wire_presence and stoa_wire_presence_batch
+ * produce from the same values. room and peer are plain strings. */
+typedef struct stoa_wire_state {
+    const char *peer;
+    const char *state;      /* the state's plain JSON text, state_len bytes */
+    size_t state_len;
+} stoa_wire_state_t;
+stoa_msg_t *stoa_wire_presence_text(const char *room, const stoa_wire_state_t *st);
+stoa_msg_t *stoa_wire_presence_batch_text(const char *room, const stoa_wire_state_t *peers, size_t n);
+
 /* Encode obj (borrowed) as a message. */
 stoa_msg_t *stoa_wire_encode(json_object *obj);
 

@@ -5,6 +5,7 @@
 #include "stoa/hub.h"
 #include "stoa/names.h"
 #include "stoa/perm.h"
+#include "stoa/presence.h"
 #include "stoa/util.h"
 #include "stoa/wire.h"
 
@@ -1236,6 +1237,442 @@ START_TEST(test_observers)
 }
 END_TEST
 
+/* ---- batch take (stoa_session_take / stoa_session_untake) ---- */
+
+/* The state.n of a taken presence message (its reference dropped). */
+static int64_t taken_n(stoa_msg_t *m)
+{
+    json_object *o = msg_of_type(m, "taken", "presence");
+    int64_t n = int_field(obj_field(o, "state", json_type_object), "n");
+    json_object_put(o);
+    return n;
+}
+
+START_TEST(test_take_batch)
+{
+    peer_t *a, *b;
+    stoa_msg_t *out[8];
+    uint64_t first = 0, first2 = 0;
+    bool gone = true, more = false;
+    size_t n;
+    set("presence_burst", "100");
+    two_in_doc1(&a, &b);
+    for (int i = 1; i <= 5; i++)
+        presence_n(a, "doc:1", i);
+
+    /* Three of five under one lock: consecutive seqs after the cursor. */
+    n = stoa_session_take(b->s, b, out, 3, &first, &gone, &more);
+    ck_assert_uint_eq(n, 3);
+    ck_assert(!gone);
+    ck_assert(more);
+    ck_assert_uint_eq(first, b->seq + 1);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_int_eq(taken_n(out[i]), (int64_t)i + 1);
+    ck_assert_uint_eq(stoa_session_delivered(b->s), first + 2);
+
+    /* Two of them were not sent: given back, they come again, in order. */
+    stoa_session_untake(b->s, b, first + 1);
+    ck_assert_uint_eq(stoa_session_delivered(b->s), first);
+    n = stoa_session_take(b->s, b, out, 8, &first2, &gone, &more);
+    ck_assert_uint_eq(n, 4);
+    ck_assert_uint_eq(first2, first + 1);
+    ck_assert(!more);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_int_eq(taken_n(out[i]), (int64_t)i + 2);
+    b->seq = first2 + 3;
+    expect_empty(b);
+
+    /* Nothing waiting; max 0 takes nothing; NULL outputs are allowed. */
+    ck_assert_uint_eq(stoa_session_take(b->s, b, out, 8, NULL, &gone, &more), 0);
+    ck_assert(!gone);
+    ck_assert(!more);
+    presence_n(a, "doc:1", 6);
+    ck_assert_uint_eq(stoa_session_take(b->s, b, out, 0, NULL, NULL, &more), 0);
+    ck_assert(more);
+    /* Giving back what was never taken, or as another connection, does nothing. */
+    stoa_session_untake(b->s, b, b->seq + 5);
+    stoa_session_untake(b->s, a, b->seq);
+    stoa_session_untake(b->s, b, 0);
+    ck_assert_uint_eq(stoa_session_delivered(b->s), b->seq);
+    expect_presence_n(b, 6);
+
+    /* Another connection's take gets nothing and finds itself gone. */
+    gone = false;
+    ck_assert_uint_eq(stoa_session_take(b->s, a, out, 8, NULL, &gone, &more), 0);
+    ck_assert(gone);
+    ck_assert(!more);
+
+    /* A closed session: gone, nothing, and untake is a no-op. */
+    stoa_hub_close(b->s, STOA_LEFT_LEAVE);
+    gone = false;
+    ck_assert_uint_eq(stoa_session_take(b->s, b, out, 8, NULL, &gone, &more), 0);
+    ck_assert(gone);
+    stoa_session_untake(b->s, b, 1);
+}
+END_TEST
+
+START_TEST(test_untake_after_trim_resyncs)
+{
+    peer_t *a, *b;
+    stoa_msg_t *out[8];
+    uint64_t first = 0;
+    size_t n;
+    set("presence_burst", "100");
+    set("session_buffer_msgs", "8");
+    two_in_doc1(&a, &b);
+    for (int i = 1; i <= 8; i++)
+        presence_n(a, "doc:1", i);
+    n = stoa_session_take(b->s, b, out, 8, &first, NULL, NULL);
+    ck_assert_uint_eq(n, 8);
+    for (size_t i = 0; i < n; i++)
+        stoa_msg_unref(out[i]);
+    /* The buffer moves on past what was taken; giving it back then means
+     * the client missed it: a resync, not a silent gap. */
+    for (int i = 9; i <= 24; i++)
+        presence_n(a, "doc:1", i);
+    stoa_session_untake(b->s, b, first);
+    b->seq = first - 1;
+    expect_resync(b, "gap", 1);
+    json_object_put(expect_msg(b, "room_state"));
+    expect_empty(b);
+}
+END_TEST
+
+START_TEST(test_broadcast_references)
+{
+    peer_t *a, *b, *c;
+    stoa_msg_t *m[3];
+    json_object *data = json_tokener_parse("{\"x\":1}");
+    three_in_doc1(&a, &b, &c, NULL);
+    ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
+    /* One message, one reference per recipient's buffer (not the sender's). */
+    m[0] = next_msg(b);
+    m[1] = next_msg(c);
+    ck_assert_ptr_eq(m[0], m[1]);
+    ck_assert_uint_eq(stoa_msg_refcount(m[0]), 4);   /* b's and c's buffers, and our two */
+    expect_empty(a);
+    stoa_session_ack(b->s, b->seq);
+    ck_assert_uint_eq(stoa_msg_refcount(m[0]), 3);
+    stoa_msg_unref(m[0]);
+    stoa_msg_unref(m[1]);
+    /* A closed member gets nothing and holds no reference. */
+    stoa_hub_close(c->s, STOA_LEFT_LEAVE);
+    drain(a);
+    drain(b);
+    ck_assert_int_eq(stoa_hub_ephemeral(a->s, "doc:1", data, NULL, why, sizeof why), STOA_OK);
+    m[2] = next_msg(b);
+    ck_assert_uint_eq(stoa_msg_refcount(m[2]), 2);
+    stoa_msg_unref(m[2]);
+    json_object_put(data);
+}
+END_TEST
+
+/* ---- presence merged in place ---- */
+
+/* a's state as b's last presence says (the caller puts it). */
+static json_object *relayed_state(peer_t *b)
+{
+    json_object *o = expect_msg(b, "presence"), *st = json_object_get(obj_field(o, "state", json_type_object));
+    json_object_put(o);
+    return st;
+}
+
+START_TEST(test_presence_inplace_semantics)
+{
+    static const char *const patches[] = {
+        "{\"cursor\":{\"x\":1,\"y\":2}}",               /* a new nested object */
+        "{\"cursor\":{\"x\":3}}",                       /* merged into it, y kept */
+        "{\"cursor\":{\"y\":null},\"sel\":[1,null,{\"a\":null}]}",   /* a nested delete; arrays as they are */
+        "{\"n\":1,\"b\":true,\"s\":\"x\",\"d\":1.5}",   /* scalars added */
+        "{\"n\":2,\"b\":false,\"s\":\"yy\",\"d\":2.25}",   /* and overwritten (in place where possible) */
+        "{\"n\":\"two\",\"s\":3,\"d\":null}",           /* another type; a delete */
+        "{\"n\":18446744073709551615}",                 /* above INT64_MAX */
+        "{\"n\":-9223372036854775808,\"b\":null}",
+        "{\"cursor\":7}",                               /* an object replaced by a scalar */
+        "{\"cursor\":{\"z\":{\"deep\":null,\"k\":1},\"w\":null}}",   /* a scalar by an object: nulls dropped */
+        "{\"sel\":{\"a\":1}}",                          /* an array by an object */
+        "{\"missing\":null}",                           /* deleting what is not there */
+        "{}",
+        "{\"cursor\":null,\"sel\":null,\"n\":null,\"s\":null}",   /* back to nothing */
+        "{\"e\":{}}",
+    };
+    peer_t *a, *b;
+    json_object *shadow = json_tokener_parse("{\"name\":\"ada\",\"keep\":{\"k\":1}}");
+    set("presence_burst", "100");
+    three_in_doc1(&a, &b, &(peer_t *){NULL}, "{\"name\":\"ada\",\"keep\":{\"k\":1}}");
+    for (size_t i = 0; i < STOA_ARRAY_LEN(patches); i++) {
+        json_object *patch = json_tokener_parse(patches[i]), *got, *next;
+        char *before = strdup(json_object_to_json_string_ext(patch, JSON_C_TO_STRING_PLAIN));
+        ck_assert_ptr_nonnull(patch);
+        ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
+        next = stoa_presence_merge(shadow, patch);   /* the reference: a merge into a copy */
+        json_object_put(shadow);
+        shadow = next;
+        got = relayed_state(b);
+        ck_assert_msg(json_object_equal(got, shadow), "after %s: got %s, want %s", patches[i],
+                      json_object_to_json_string_ext(got, JSON_C_TO_STRING_PLAIN),
+                      json_object_to_json_string_ext(shadow, JSON_C_TO_STRING_PLAIN));
+        /* byte for byte, in the same member order */
+        ck_assert_str_eq(json_object_to_json_string_ext(got, JSON_C_TO_STRING_PLAIN),
+                         json_object_to_json_string_ext(shadow, JSON_C_TO_STRING_PLAIN));
+        /* The patch is unchanged, and the state shares nothing with it:
+         * changing the patch afterwards changes no state. */
+        ck_assert_str_eq(json_object_to_json_string_ext(patch, JSON_C_TO_STRING_PLAIN), before);
+        json_object_object_foreach(patch, key, val) {
+            if (json_object_is_type(val, json_type_object))
+                json_object_object_add(val, "mutated", json_object_new_int(1));
+            else if (json_object_is_type(val, json_type_int))
+                json_object_set_int64(val, 424242);
+            (void)key;
+        }
+        free(before);
+        json_object_put(patch);
+        json_object_put(got);
+        expect_empty(b);
+    }
+    {   /* what a joiner and the REST API see is the same state */
+        char *text = stoa_hub_room_json(hub, "doc:1");
+        json_object *o = json_tokener_parse(text), *p0;
+        p0 = json_object_array_get_idx(obj_field(o, "peers", json_type_array), 0);
+        ck_assert(json_object_equal(obj_field(p0, "state", json_type_object), shadow));
+        json_object_put(o);
+        free(text);
+    }
+    json_object_put(shadow);
+}
+END_TEST
+
+/* A patch over the limit leaves an own (in-place merged) state exactly as
+ * it was, nested members and member order included; later patches merge
+ * into that. */
+START_TEST(test_presence_inplace_too_large_restores)
+{
+    peer_t *a, *b;
+    char big[256];
+    json_object *patch, *got, *want;
+    set("max_state_bytes", "96");
+    set("presence_burst", "100");
+    two_in_doc1(&a, &b);
+    patch = json_tokener_parse("{\"c\":{\"x\":1,\"y\":2},\"n\":5,\"s\":\"abc\",\"d\":0.1}");
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);   /* a copy of its own */
+    json_object_put(patch);
+    json_object_put(relayed_state(b));
+    patch = json_tokener_parse("{\"c\":{\"x\":3},\"n\":6}");
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);   /* in place */
+    json_object_put(patch);
+    json_object_put(relayed_state(b));
+
+    /* Over the limit through a nested change, with deletes and in-place
+     * scalar changes on the way: refused, nothing relayed. */
+    snprintf(big, sizeof big, "{\"n\":7,\"s\":null,\"c\":{\"x\":4,\"y\":null,\"pad\":\"%080d\"}}", 0);
+    patch = json_tokener_parse(big);
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_ERR_STATE_TOO_LARGE);
+    ck_assert_msg(strstr(why, "96") != NULL, "%s", why);
+    json_object_put(patch);
+    expect_empty(b);
+
+    /* The next change merges into the state as it was before. */
+    patch = json_tokener_parse("{\"n\":8}");
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
+    json_object_put(patch);
+    got = relayed_state(b);
+    ck_assert_str_eq(json_object_to_json_string_ext(got, JSON_C_TO_STRING_PLAIN),
+                     "{\"c\":{\"x\":3,\"y\":2},\"n\":8,\"s\":\"abc\",\"d\":0.1}");
+    json_object_put(got);
+
+    /* Exactly at the limit is accepted. */
+    want = json_tokener_parse("{\"c\":null,\"n\":null,\"s\":null,\"d\":null}");
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", want, NULL, why, sizeof why), STOA_OK);
+    json_object_put(want);
+    json_object_put(relayed_state(b));
+    snprintf(big, sizeof big, "{\"s\":\"%088d\"}", 0);   /* {"s":"<88>"} = 96 bytes */
+    patch = json_tokener_parse(big);
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
+    json_object_put(patch);
+    got = relayed_state(b);
+    ck_assert_uint_eq(strlen(json_object_to_json_string_ext(got, JSON_C_TO_STRING_PLAIN)), 96);
+    json_object_put(got);
+    snprintf(big, sizeof big, "{\"s\":\"%089d\"}", 0);   /* 97 */
+    patch = json_tokener_parse(big);
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", patch, NULL, why, sizeof why), STOA_ERR_STATE_TOO_LARGE);
+    json_object_put(patch);
+    expect_empty(b);
+}
+END_TEST
+
+/* A shared state (none, or one set through hub_set_state by the bus side)
+ * is copied before it is changed: another member's state and the hub's
+ * empty state stay as they were. */
+START_TEST(test_presence_shared_state_copied)
+{
+    peer_t *a, *b, *c;
+    json_object *patch = json_tokener_parse("{\"x\":1}"), *o;
+    char *text;
+    three_in_doc1(&a, &b, &c, NULL);   /* b and c share the empty state */
+    ck_assert_int_eq(stoa_hub_presence(b->s, "doc:1", patch, NULL, why, sizeof why), STOA_OK);
+    json_object_put(patch);
+    drain_all();
+    text = stoa_hub_room_json(hub, "doc:1");
+    o = json_tokener_parse(text);
+    free(text);
+    {
+        json_object *arr = obj_field(o, "peers", json_type_array);
+        for (size_t i = 0; i < json_object_array_length(arr); i++) {
+            json_object *e = json_object_array_get_idx(arr, i);
+            const char *st = json_object_to_json_string_ext(obj_field(e, "state", json_type_object),
+                                                            JSON_C_TO_STRING_PLAIN);
+            ck_assert_str_eq(st, strcmp(str_field(e, "peer"), peer_id(b)) == 0 ? "{\"x\":1}" : "{}");
+        }
+    }
+    json_object_put(o);
+    /* A newcomer without a state still starts empty. */
+    {
+        peer_t *d = open_peer("dee", "{\"*\":\"r\"}");
+        join_ok(d, "doc:1", NULL);
+        o = expect_msg(d, "room_state");
+        json_object_put(o);
+        drain_all();
+    }
+}
+END_TEST
+
+/* Coalesced presence: the batch carries each changed peer's latest state,
+ * byte for byte as the json-c encoder wrote it before. */
+START_TEST(test_presence_batch_bytes)
+{
+    peer_t *a, *b, *c;
+    stoa_msg_t *m;
+    json_object *list, *e, *pa, *pb;
+    stoa_msg_t *want;
+    cfg->presence_rate = 1000;
+    cfg->presence_burst = 100;
+    three_in_doc1(&a, &b, &c, "{\"name\":\"\\u00e9\\/x\\\"q\",\"t\":1.25}");
+    cfg->presence_tick_ms = 1000;
+    stoa_hub_flush_presence(hub, stoa_now_ms() + 5000);
+    pa = json_tokener_parse("{\"cursor\":{\"x\":1,\"y\":2}}");
+    pb = json_tokener_parse("{\"sel\":[1,2,\"\\n\"]}");
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", pa, NULL, why, sizeof why), STOA_OK);   /* at once */
+    drain_all();
+    ck_assert_int_eq(stoa_hub_presence(a->s, "doc:1", pa, NULL, why, sizeof why), STOA_OK);
+    ck_assert_int_eq(stoa_hub_presence(b->s, "doc:1", pb, NULL, why, sizeof why), STOA_OK);
+    stoa_hub_flush_presence(hub, stoa_now_ms() + 10000);
+    m = next_msg(c);
+    ck_assert_ptr_nonnull(m);
+    /* The same message through the json-c encoder. */
+    list = json_object_new_array();
+    for (int i = 0; i < 2; i++) {
+        json_object *st = i == 0 ? json_tokener_parse("{\"name\":\"\\u00e9\\/x\\\"q\",\"t\":1.25,\"cursor\":{\"x\":1,\"y\":2}}")
+                                 : json_tokener_parse("{\"sel\":[1,2,\"\\n\"]}");
+        e = json_object_new_object();
+        json_object_object_add(e, "peer", json_object_new_string(peer_id(i == 0 ? a : b)));
+        json_object_object_add(e, "state", st);
+        json_object_array_add(list, e);
+    }
+    want = stoa_wire_presence_batch("doc:1", list);
+    if (strstr(stoa_msg_text(m), peer_id(b)) < strstr(stoa_msg_text(m), peer_id(a))) {   /* member order */
+        json_object *x = json_object_get(json_object_array_get_idx(list, 0));
+        json_object_array_del_idx(list, 0, 1);
+        json_object_array_add(list, x);
+        stoa_msg_unref(want);
+        want = stoa_wire_presence_batch("doc:1", list);
+    }
+    ck_assert_str_eq(stoa_msg_text(m), stoa_msg_text(want));
+    ck_assert_uint_eq(stoa_msg_len(m), stoa_msg_len(want));
+    stoa_msg_unref(m);
+    stoa_msg_unref(want);
+    json_object_put(list);
+    json_object_put(pa);
+    json_object_put(pb);
+    drain_all();
+}
+END_TEST
+
+/* ---- wakeups in batches (stoa_transport_ops_t.wake_batch) ---- */
+
+typedef struct batch_tp {
+    int calls, wakes;
+    void *conns[8];
+} batch_tp_t;
+
+static batch_tp_t btp, btp2;
+
+static void batch_wake(void *transport, stoa_wake_t *w, size_t n)
+{
+    batch_tp_t *t = transport;
+    ck_assert(t == &btp || t == &btp2);
+    t->calls++;
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_ptr_nonnull(w[i].sess);
+        if (t->wakes < 8)
+            t->conns[t->wakes] = w[i].conn;
+        t->wakes++;
+        stoa_session_unref(w[i].sess);   /* the reference passed to us */
+    }
+}
+
+static void single_wake_unexpected(void *transport, stoa_session_t *sess, void *conn)
+{
+    (void)transport;
+    (void)sess;
+    (void)conn;
+    ck_abort_msg("wake called for a transport that takes batches");
+}
+
+static const stoa_transport_ops_t batch_ops = {
+    .name = "batch", .wake = single_wake_unexpected, .wake_batch = batch_wake};
+
+START_TEST(test_wake_batch)
+{
+    static const char *const names[] = {"w0", "w1", "w2", "w3"};
+    int conns[4];
+    stoa_session_t *s[4];
+    peer_t *p;
+    json_object *data = json_tokener_parse("{\"x\":1}");
+    memset(&btp, 0, sizeof btp);
+    for (int i = 0; i < 4; i++) {   /* two transports (shards), taken in turn */
+        s[i] = stoa_hub_open(hub, fixture_ident(names[i], "{\"*\":\"rw\"}", "#000000"), &batch_ops,
+                             i % 2 ? &btp2 : &btp, &conns[i], NULL);
+        ck_assert_int_eq(stoa_hub_join(s[i], "doc:b", NULL, NULL, why, sizeof why), STOA_OK);
+    }
+    p = open_peer("plain", "{\"*\":\"rw\"}");   /* a transport without batches in the same room */
+    join_ok(p, "doc:b", NULL);
+    drain(p);
+    memset(&btp, 0, sizeof btp);
+    memset(&btp2, 0, sizeof btp2);
+    p->wakes = 0;
+    /* One fan-out: the other batch members in one call per transport, in
+     * order, the plain peer through its own wake. */
+    ck_assert_int_eq(stoa_hub_ephemeral(s[0], "doc:b", data, NULL, why, sizeof why), STOA_OK);
+    ck_assert_int_eq(btp.calls, 1);
+    ck_assert_int_eq(btp.wakes, 1);
+    ck_assert_ptr_eq(btp.conns[0], &conns[2]);
+    ck_assert_int_eq(btp2.calls, 1);
+    ck_assert_int_eq(btp2.wakes, 2);
+    ck_assert_ptr_eq(btp2.conns[0], &conns[1]);
+    ck_assert_ptr_eq(btp2.conns[1], &conns[3]);
+    ck_assert_int_eq(p->wakes, 1);
+    /* The messages are there for each. */
+    for (int i = 1; i < 4; i++) {
+        stoa_msg_t *m;
+        bool found = false;
+        while ((m = stoa_session_next(s[i], &conns[i], NULL, NULL))) {
+            found |= strstr(stoa_msg_text(m), "\"type\":\"ephemeral\"") != NULL;
+            stoa_msg_unref(m);
+        }
+        ck_assert(found);
+    }
+    json_object_put(expect_msg(p, "ephemeral"));
+    /* Closing wakes too (its connection finds it gone); the references
+     * balance (ASan's leak check). */
+    for (int i = 0; i < 4; i++) {
+        stoa_hub_close(s[i], STOA_LEFT_DISCONNECT);
+        stoa_session_unref(s[i]);
+    }
+    drain(p);
+    json_object_put(data);
+}
+END_TEST
+
 static Suite *hub_suite(void)
 {
     Suite *s = suite_create("hub");
@@ -1245,6 +1682,14 @@ static Suite *hub_suite(void)
     tcase_add_test(tc, test_welcome);
     tcase_add_test(tc, test_presence_coalesced);
     tcase_add_test(tc, test_observers);
+    tcase_add_test(tc, test_take_batch);
+    tcase_add_test(tc, test_wake_batch);
+    tcase_add_test(tc, test_untake_after_trim_resyncs);
+    tcase_add_test(tc, test_broadcast_references);
+    tcase_add_test(tc, test_presence_inplace_semantics);
+    tcase_add_test(tc, test_presence_inplace_too_large_restores);
+    tcase_add_test(tc, test_presence_shared_state_copied);
+    tcase_add_test(tc, test_presence_batch_bytes);
     tcase_add_test(tc, test_peer_ids_unique);
     tcase_add_test(tc, test_three_sessions);
     tcase_add_test(tc, test_presence_relay);

@@ -135,6 +135,22 @@ START_TEST(test_refcount_threads)
 }
 END_TEST
 
+START_TEST(test_refcount_n)
+{
+    stoa_msg_t *m = stoa_msg_new("x", 1);
+    ck_assert_ptr_eq(stoa_msg_ref_n(m, 5), m);
+    ck_assert_uint_eq(stoa_msg_refcount(m), 6);
+    stoa_msg_ref_n(m, 0);
+    ck_assert_uint_eq(stoa_msg_refcount(m), 6);
+    stoa_msg_unref_n(m, 3);
+    ck_assert_uint_eq(stoa_msg_refcount(m), 3);
+    stoa_msg_unref_n(m, 0);
+    stoa_msg_unref_n(NULL, 2);
+    ck_assert_uint_eq(stoa_msg_refcount(m), 3);
+    stoa_msg_unref_n(m, 3);   /* the last ones: freed (ASan watches) */
+}
+END_TEST
+
 static Suite *msg_suite(void)
 {
     Suite *s = suite_create("msg");
@@ -148,6 +164,7 @@ static Suite *msg_suite(void)
     tcase_add_test(tc, test_headroom_writable);
     tcase_add_test(tc, test_headroom_at_least_lws_pre);
     tcase_add_test(tc, test_refcount_threads);
+    tcase_add_test(tc, test_refcount_n);
     suite_add_tcase(s, tc);
     return s;
 }

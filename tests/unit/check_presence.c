@@ -1,7 +1,10 @@
 /* check_presence.c - unit tests of presence.c: RFC 7386 merge-patch. */
+#include "stoa/jsontext.h"
 #include "stoa/presence.h"
+#include "stoa/wire.h"
 
 #include <check.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -162,6 +165,169 @@ START_TEST(test_size)
 }
 END_TEST
 
+/* merge_inplace(original, patch) must give what merge gives, byte for
+ * byte (member order too), leave the patch unchanged and share nothing
+ * with it. */
+static void check_inplace(const char *original, const char *patch)
+{
+    json_object *t = parse(original), *p = parse(patch), *want = stoa_presence_merge(t, p);
+    char *p_before = plain(p), *want_text = plain(want), *got_text, *p_after;
+    stoa_presence_merge_inplace(&t, p);
+    got_text = plain(t);
+    ck_assert_msg(strcmp(got_text, want_text) == 0, "inplace(%s, %s) = %s, want %s", original, patch, got_text,
+                  want_text);
+    p_after = plain(p);
+    ck_assert_str_eq(p_after, p_before);
+    /* Change everything in the patch: the result must not move. */
+    if (json_object_is_type(p, json_type_object)) {
+        json_object_object_foreach(p, key, val) {
+            if (json_object_is_type(val, json_type_object))
+                json_object_object_add(val, "zz", json_object_new_int(9));
+            else if (json_object_is_type(val, json_type_array))
+                json_object_array_add(val, json_object_new_int(9));
+            else if (json_object_is_type(val, json_type_int))
+                json_object_set_int64(val, 999);
+            else if (json_object_is_type(val, json_type_string))
+                json_object_set_string(val, "changed");
+            (void)key;
+        }
+    }
+    free(got_text);
+    got_text = plain(t);
+    ck_assert_str_eq(got_text, want_text);
+    free(p_before);
+    free(p_after);
+    free(want_text);
+    free(got_text);
+    json_object_put(t);
+    json_object_put(p);
+    json_object_put(want);
+}
+
+START_TEST(test_inplace_rfc7386)
+{
+    /* RFC 7386 Appendix A, and then some */
+    check_inplace("{\"a\":\"b\"}", "{\"a\":\"c\"}");
+    check_inplace("{\"a\":\"b\"}", "{\"b\":\"c\"}");
+    check_inplace("{\"a\":\"b\"}", "{\"a\":null}");
+    check_inplace("{\"a\":\"b\",\"b\":\"c\"}", "{\"a\":null}");
+    check_inplace("{\"a\":[\"b\"]}", "{\"a\":\"c\"}");
+    check_inplace("{\"a\":\"c\"}", "{\"a\":[\"b\"]}");
+    check_inplace("{\"a\":{\"b\":\"c\"}}", "{\"a\":{\"b\":\"d\",\"c\":null}}");
+    check_inplace("{\"a\":[{\"b\":\"c\"}]}", "{\"a\":[1]}");
+    check_inplace("[\"a\",\"b\"]", "[\"c\",\"d\"]");
+    check_inplace("{\"a\":\"b\"}", "[\"c\"]");
+    check_inplace("{\"a\":\"foo\"}", "null");
+    check_inplace("{\"a\":\"foo\"}", "\"bar\"");
+    check_inplace("{\"e\":null}", "{\"a\":1}");
+    check_inplace("[1,2]", "{\"a\":\"b\",\"c\":null}");
+    check_inplace("{}", "{\"a\":{\"bb\":{\"ccc\":null}}}");
+    check_inplace("null", "{\"a\":1}");
+    /* in-place scalar overwrites and type changes */
+    check_inplace("{\"n\":1,\"b\":true,\"d\":1.5,\"s\":\"x\"}", "{\"n\":2,\"b\":false,\"d\":2.5,\"s\":\"yy\"}");
+    check_inplace("{\"n\":1}", "{\"n\":18446744073709551615}");
+    check_inplace("{\"n\":1}", "{\"n\":9223372036854775807}");
+    check_inplace("{\"n\":1}", "{\"n\":-9223372036854775808}");
+    check_inplace("{\"n\":18446744073709551615}", "{\"n\":5}");
+    check_inplace("{\"n\":1}", "{\"n\":1.0}");
+    check_inplace("{\"n\":1.0}", "{\"n\":1}");
+    check_inplace("{\"n\":1}", "{\"n\":true}");
+    check_inplace("{\"c\":{\"x\":1,\"y\":2}}", "{\"c\":{\"x\":3,\"z\":{\"q\":null,\"r\":[null]}}}");
+    check_inplace("{\"c\":{\"x\":1}}", "{\"c\":5}");
+    check_inplace("{\"c\":5}", "{\"c\":{\"x\":null,\"y\":{}}}");
+    check_inplace("{\"a\":1,\"b\":2,\"c\":3}", "{\"b\":null,\"d\":4,\"a\":0}");
+}
+END_TEST
+
+/* The presence encoders from encoded states equal the json-c ones, byte
+ * for byte, also where strings need escaping. */
+START_TEST(test_wire_presence_text)
+{
+    static const char *const rooms[] = {"doc:1", "a:b.c_~@+=-:x", "we/ird:\"q\"\\\x01\xc3\xa9"};
+    static const char *const states[] = {"{}", "{\"t\":1763797040123456789,\"cursor\":{\"x\":1,\"y\":2}}",
+                                         "{\"s\":\"\\u00e9\\/\\\"\\n\",\"d\":0.1,\"a\":[1,null,true]}"};
+    static const char *const peer_ids[] = {"abcdefghijkl", "0123456789ab", "p/\"x"};
+    for (size_t r = 0; r < sizeof rooms / sizeof rooms[0]; r++) {
+        json_object *list = json_object_new_array();
+        stoa_wire_state_t ws[3];
+        stoa_msg_t *a, *b;
+        for (size_t i = 0; i < 3; i++) {
+            json_object *st = parse(states[i]), *e = json_object_new_object();
+            size_t len = 0;
+            const char *text = json_object_to_json_string_length(st, JSON_C_TO_STRING_PLAIN, &len);
+            ws[i] = (stoa_wire_state_t){peer_ids[i], strdup(text), len};
+            a = stoa_wire_presence(rooms[r], peer_ids[i], st);
+            b = stoa_wire_presence_text(rooms[r], &ws[i]);
+            ck_assert_str_eq(stoa_msg_text(b), stoa_msg_text(a));
+            ck_assert_uint_eq(stoa_msg_len(b), stoa_msg_len(a));
+            stoa_msg_unref(a);
+            stoa_msg_unref(b);
+            json_object_object_add(e, "peer", json_object_new_string(peer_ids[i]));
+            json_object_object_add(e, "state", st);
+            json_object_array_add(list, e);
+        }
+        a = stoa_wire_presence_batch(rooms[r], list);
+        b = stoa_wire_presence_batch_text(rooms[r], ws, 3);
+        ck_assert_str_eq(stoa_msg_text(b), stoa_msg_text(a));
+        ck_assert_uint_eq(stoa_msg_len(b), stoa_msg_len(a));
+        stoa_msg_unref(a);
+        stoa_msg_unref(b);
+        for (size_t i = 0; i < 3; i++)
+            free((char *)ws[i].state);
+        json_object_put(list);
+    }
+}
+END_TEST
+
+/* The encoder writes what json-c writes, byte for byte. */
+static void check_encode(json_object *v)
+{
+    char *buf = NULL;
+    size_t cap = 0, len = stoa_json_encode(v, &buf, &cap);
+    const char *want = v ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN) : "null";
+    ck_assert_msg(strcmp(buf, want) == 0, "encode: %s, json-c: %s", buf, want);
+    ck_assert_uint_eq(len, strlen(want));
+    ck_assert_uint_gt(cap, len);
+    free(buf);
+}
+
+START_TEST(test_encode_like_json_c)
+{
+    static const char *const texts[] = {
+        "{}", "[]", "null", "true", "false", "0", "-1", "9223372036854775807", "-9223372036854775808",
+        "18446744073709551615", "9223372036854775808", "1.5", "0.1", "1e300", "-0.0", "1.0", "123456789.125",
+        "\"\"", "\"plain\"", "\"a/b\\\\c\\\"d\\b\\f\\n\\r\\t\\u0001\\u001f\\u007f\\u00e9\\u2603\\ud83d\\ude00\"",
+        "{\"t\":1763797040123456789,\"cursor\":{\"x\":1,\"y\":2}}",
+        "{\"a\":[1,null,true,{\"b\":[]},\"x\"],\"k/\\\"ey\":{\"\":0},\"d\":-2.5e-3}",
+        "[[[[{\"deep\":[1,[2,[3]]]}]]]]",
+    };
+    char all[130];
+    json_object *o;
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        json_object *v = strcmp(texts[i], "null") == 0 ? NULL : json_tokener_parse(texts[i]);
+        ck_assert_msg(v || strcmp(texts[i], "null") == 0, "does not parse: %s", texts[i]);
+        check_encode(v);
+        json_object_put(v);
+    }
+    /* every byte from 1 to 127 in a string and in a key; doubles made by
+     * json-c rather than parsed; a string with a NUL inside */
+    for (int c = 1; c < 128; c++)
+        all[c - 1] = (char)c;
+    all[127] = '\0';
+    o = json_object_new_object();
+    json_object_object_add(o, all, json_object_new_string(all));
+    json_object_object_add(o, "d1", json_object_new_double(0.1));
+    json_object_object_add(o, "d2", json_object_new_double(1e21));
+    json_object_object_add(o, "d3", json_object_new_double(3.0));
+    json_object_object_add(o, "u", json_object_new_uint64(UINT64_MAX));
+    json_object_object_add(o, "i", json_object_new_int(-7));
+    json_object_object_add(o, "nul", json_object_new_string_len("a\0b", 3));
+    json_object_object_add(o, "n", NULL);
+    check_encode(o);
+    json_object_put(o);
+}
+END_TEST
+
 static Suite *presence_suite(void)
 {
     Suite *s = suite_create("presence");
@@ -172,6 +338,9 @@ static Suite *presence_suite(void)
     tcase_add_test(tc, test_null_target_is_empty_object);
     tcase_add_test(tc, test_result_is_independent);
     tcase_add_test(tc, test_size);
+    tcase_add_test(tc, test_inplace_rfc7386);
+    tcase_add_test(tc, test_wire_presence_text);
+    tcase_add_test(tc, test_encode_like_json_c);
     suite_add_tcase(s, tc);
     return s;
 }

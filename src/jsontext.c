@@ -1,0 +1,162 @@
+/* jsontext.c - JSON text of a json-c value, byte for byte as json-c's
+ * plain encoder writes it, without its cost (no printbuf per object, no
+ * formatted printing of integers). */
+#include "stoa/jsontext.h"
+#include "stoa/util.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    char **buf;
+    size_t *cap;
+    size_t len;
+} enc_t;
+
+static void enc_reserve(enc_t *e, size_t n)
+{
+    if (e->len + n + 1 > *e->cap) {
+        size_t cap = (e->len + n + 1) * 2;
+        if (cap < 64)
+            cap = 64;
+        *e->buf = stoa_xrealloc(*e->buf, cap);
+        *e->cap = cap;
+    }
+}
+
+static void enc_put(enc_t *e, const char *s, size_t n)
+{
+    enc_reserve(e, n);
+    memcpy(*e->buf + e->len, s, n);
+    e->len += n;
+}
+
+/* A string as json-c escapes it (json_escape_str, slashes escaped). */
+static void enc_str(enc_t *e, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t start = 0;
+    enc_reserve(e, n + 2);
+    (*e->buf)[e->len++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[7];
+        size_t k = 2;
+        if (c >= 0x20 && c != '"' && c != '\\' && c != '/')
+            continue;
+        enc_put(e, s + start, i - start);
+        start = i + 1;
+        esc[0] = '\\';
+        switch (c) {
+        case '\b': esc[1] = 'b'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '/': esc[1] = '/'; break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 0xf];
+            k = 6;
+        }
+        enc_put(e, esc, k);
+    }
+    enc_put(e, s + start, n - start);
+    enc_put(e, "\"", 1);
+}
+
+static void enc_int(enc_t *e, int64_t v)
+{
+    char tmp[24], *p = tmp + sizeof tmp;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--p = '-';
+    enc_put(e, p, (size_t)(tmp + sizeof tmp - p));
+}
+
+/* Whatever json-c itself must write (doubles, with their text kept from
+ * the parse; integers above INT64_MAX): its own encoding of v alone. */
+static void enc_jsonc(enc_t *e, json_object *v)
+{
+    size_t n = 0;
+    const char *text = json_object_to_json_string_length(v, JSON_C_TO_STRING_PLAIN, &n);
+    enc_put(e, text, n);
+}
+
+static void enc_value(enc_t *e, json_object *v)
+{
+    /* An object with userdata carries its own text (a frozen object,
+     * stoa_wire_frozen; a number kept as parsed): json-c writes it. */
+    if (v && json_object_get_userdata(v)) {
+        enc_jsonc(e, v);
+        return;
+    }
+    switch (json_object_get_type(v)) {
+    case json_type_null:
+        enc_put(e, "null", 4);
+        break;
+    case json_type_boolean:
+        if (json_object_get_boolean(v))
+            enc_put(e, "true", 4);
+        else
+            enc_put(e, "false", 5);
+        break;
+    case json_type_int: {
+        int64_t i = json_object_get_int64(v);
+        if (i == INT64_MAX)
+            enc_jsonc(e, v);   /* perhaps an unsigned one above it */
+        else
+            enc_int(e, i);
+        break;
+    }
+    case json_type_string:
+        enc_str(e, json_object_get_string(v), (size_t)json_object_get_string_len(v));
+        break;
+    case json_type_object: {
+        bool first = true;
+        enc_put(e, "{", 1);
+        json_object_object_foreach(v, key, val) {
+            if (!first)
+                enc_put(e, ",", 1);
+            first = false;
+            enc_str(e, key, strlen(key));
+            enc_put(e, ":", 1);
+            enc_value(e, val);
+        }
+        enc_put(e, "}", 1);
+        break;
+    }
+    case json_type_array: {
+        size_t n = json_object_array_length(v);
+        enc_put(e, "[", 1);
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                enc_put(e, ",", 1);
+            enc_value(e, json_object_array_get_idx(v, i));
+        }
+        enc_put(e, "]", 1);
+        break;
+    }
+    default:   /* double */
+        enc_jsonc(e, v);
+        break;
+    }
+}
+
+size_t stoa_json_encode(json_object *v, char **buf, size_t *cap)
+{
+    enc_t e = {buf, cap, 0};
+    enc_value(&e, v);
+    enc_reserve(&e, 0);
+    (*buf)[e.len] = '\0';
+    return e.len;
+}
+
