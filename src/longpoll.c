@@ -48,25 +48,35 @@ static answer_t compose(lpoll_t *p, bool force, char **doc, size_t *doclen)
 {
     size_t len = 0, cap = 256, count = 0, hl;
     char *body = stoa_xmalloc(cap), head[96];
-    uint64_t first = 0, last = 0, seq;
+    uint64_t first = 0, last = 0;
     bool gone = false;
-    stoa_msg_t *msg;
 
-    /* Messages are copied in as encoded once for every recipient. */
-    while (len < p->max_bytes && (msg = stoa_session_next(p->sess, STOA_HTTP_CONN(p->id), &seq, &gone))) {
-        size_t n = stoa_msg_len(msg);
-        if (len + n + 2 > cap) {
-            cap = (len + n + 2) * 2;
-            body = stoa_xrealloc(body, cap);
+    /* Messages are copied in as encoded once for every recipient, taken
+     * several under one hub lock; those past max_bytes are given back. */
+    while (len < p->max_bytes) {
+        stoa_msg_t *msgs[16];
+        uint64_t from = 0;
+        size_t n = stoa_session_take(p->sess, STOA_HTTP_CONN(p->id), msgs, 16, &from, &gone, NULL), i;
+        if (n == 0)
+            break;
+        for (i = 0; i < n && len < p->max_bytes; i++) {
+            size_t mlen = stoa_msg_len(msgs[i]);
+            if (len + mlen + 2 > cap) {
+                cap = (len + mlen + 2) * 2;
+                body = stoa_xrealloc(body, cap);
+            }
+            if (count++)
+                body[len++] = ',';
+            memcpy(body + len, stoa_msg_text(msgs[i]), mlen);
+            len += mlen;
+            if (!first)
+                first = from + i;
+            last = from + i;
         }
-        if (count++)
-            body[len++] = ',';
-        memcpy(body + len, stoa_msg_text(msg), n);
-        len += n;
-        if (!first)
-            first = seq;
-        last = seq;
-        stoa_msg_unref(msg);
+        if (i < n)
+            stoa_session_untake(p->sess, STOA_HTTP_CONN(p->id), from + i);
+        for (size_t k = 0; k < n; k++)
+            stoa_msg_unref(msgs[k]);
     }
     if (count == 0 && gone) {
         free(body);

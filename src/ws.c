@@ -23,7 +23,7 @@
 
 _Static_assert(LWS_PRE <= STOA_MSG_HEADROOM, "message headroom must fit the WebSocket frame header");
 
-/* Messages written in one writable callback at most, when a backlog waits. */
+/* Messages of a session's backlog sent at once at most (one write). */
 #define WRITE_BURST 32
 /* A backlog is framed into one buffer of this size per shard and sent with
  * one write; a WebSocket frame header is at most 10 bytes. */
@@ -96,30 +96,19 @@ static const stoa_transport_ops_t ws_ops = {
     .wake_batch = ws_wake_batch,
 };
 
-/* Any thread: queue the session and wake its shard's service thread. */
+/* Any thread: one wake (the hub uses ws_wake_batch; this is the same
+ * for one session, which it borrows). */
 static void ws_wake(void *transport, stoa_session_t *sess, void *conn)
 {
-    shard_t *sh = transport;
-    bool first;
-    pthread_mutex_lock(&sh->mu);
-    if (sh->nwake == sh->capwake) {
-        sh->capwake = sh->capwake ? sh->capwake * 2 : 64;
-        sh->wake_q = stoa_xrealloc(sh->wake_q, sh->capwake * sizeof *sh->wake_q);
-    }
-    first = sh->nwake == 0;
-    sh->wake_q[sh->nwake++] = (pending_wake_t){stoa_session_ref(sess), conn};
-    pthread_mutex_unlock(&sh->mu);
-    /* The service thread drains the whole queue once woken: only the push
-     * that made it non-empty needs to wake it (one write to lws's pipe per
-     * batch, not one per recipient). Once stopping, the context is being
-     * destroyed on this very thread (stoa_ws_free); the queue is then
-     * dropped there. */
-    if (first && !atomic_load(&sh->ws->stop))
-        lws_cancel_service(sh->ctx);
+    stoa_wake_t w = {stoa_session_ref(sess), conn};
+    ws_wake_batch(transport, &w, 1);
 }
-
-/* Any thread: the wakes of one fan-out for this shard, under one lock and
- * with one wakeup; the session references pass to the queue. */
+/* Any thread: the wakes of one fan-out for this shard, under one lock;
+ * the session references pass to the queue. The service thread drains
+ * the whole queue once woken, so only the push that made it non-empty
+ * wakes it (one write to lws's pipe per batch, not one per recipient).
+ * Once stopping, the context is being destroyed on this very thread
+ * (stoa_ws_free); the queue is then dropped there. */
 static void ws_wake_batch(void *transport, stoa_wake_t *wakes, size_t n)
 {
     shard_t *sh = transport;
