@@ -227,6 +227,17 @@ void hub_drop_buffer(stoa_session_t *s)
 
 /* ---- rooms ---- */
 
+/* Whether hub_broadcast(room, except, ...) would reach anyone: a local,
+ * open member other than except (the members of other instances hear of
+ * it from the bus). */
+static bool has_local_recipient(room_t *room, stoa_session_t *except)
+{
+    for (membership_t *m = room->members; m; m = m->hh_room.next)
+        if (m->sess != except && m->sess->open && !m->sess->origin)
+            return true;
+    return false;
+}
+
 void hub_broadcast(room_t *room, stoa_session_t *except, stoa_msg_t *msg)
 {
     unsigned bound = HASH_CNT(hh_room, room->members), used = 0;
@@ -1089,9 +1100,11 @@ stoa_err_t stoa_hub_ephemeral(stoa_session_t *s, const char *room_name, json_obj
         FAIL(STOA_ERR_RATE_LIMITED, "more than %g ephemeral messages a minute", hub->cfg->ephemeral_per_min);
     if (m->room->ndirty)   /* presence sent before it goes out before it */
         hub_flush_room(hub, m->room, stoa_now_ms());
-    msg = stoa_wire_ephemeral(m->room->name, s->peer, s->user, data);
-    hub_broadcast(m->room, s, msg);
-    stoa_msg_unref(msg);
+    if (has_local_recipient(m->room, s)) {   /* else no one here reads it: not encoded */
+        msg = stoa_wire_ephemeral(m->room->name, s->peer, s->user, data);
+        hub_broadcast(m->room, s, msg);
+        stoa_msg_unref(msg);
+    }
     if (hub->bus_ops) {   /* other instances hear of it */
         ev = json_object_new_object();
         json_object_object_add(ev, "t", json_object_new_string("eph"));
