@@ -434,6 +434,22 @@ http_publish() {   # targets with an HTTP publish endpoint
   case "$1" in stoa|nchan) return 0 ;; *) return 1 ;; esac
 }
 
+# start_pair URL: two stoa instances on the database URL. A (the
+# subscribers' side) becomes the server the run measures and stops; B (the
+# publishers' side, port PAIR_B_PORT) is stopped with it. Both are measured
+# (CPU and memory summed).
+PAIR_B_PORT=""
+start_pair() {
+  local a_port a_main a_dir
+  STOA_DB_URL=$1 start_server stoa
+  a_port=$SERVER_PORT a_main=$SERVER_MAIN a_dir=$SERVER_DIR
+  STOA_DB_URL=$1 start_server stoa
+  PAIR_B_PORT=$SERVER_PORT
+  EXTRA_PIDS=("$SERVER_MAIN")
+  SERVER_PID=$a_main,$SERVER_MAIN SERVER_MAIN=$a_main SERVER_PORT=$a_port SERVER_DIR=$a_dir
+  sleep 2   # the instances hear each other on the bus
+}
+
 cross_instance() {   # two stoa instances on one PostgreSQL
   local name=cross-1x1000-ws
   want_run "$name" || want_run cross-bus || return 0
@@ -458,18 +474,10 @@ cross_instance() {   # two stoa instances on one PostgreSQL
   "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -c 'CREATE DATABASE stoa' >/dev/null
   local url="postgresql://postgres@127.0.0.1:$pg_port/stoa"
   "$STOA" migrate --database "$url" >/dev/null
-  local a_port a_main a_dir b_port
   if want_run "$name"; then
-    # Instance A (subscribers) is measured; instance B (publishers) shares CPU 0.
-    STOA_DB_URL=$url start_server stoa
-    a_port=$SERVER_PORT a_main=$SERVER_MAIN a_dir=$SERVER_DIR
-    STOA_DB_URL=$url start_server stoa
-    b_port=$SERVER_PORT
-    EXTRA_PIDS=("$SERVER_MAIN")
-    # both instances are measured (CPU and memory summed)
-    SERVER_PID=$a_main,$SERVER_MAIN SERVER_MAIN=$a_main SERVER_PORT=$a_port SERVER_DIR=$a_dir
-    sleep 2   # the instances hear each other on the bus
-    gen stoa "$name" --scenario fanout --transport ws --rooms 1 --subs 1000 --pubs 1 --rate 100 --pub-port "$b_port"
+    # Instance B (publishers) shares CPU 0 with A.
+    start_pair "$url"
+    gen stoa "$name" --scenario fanout --transport ws --rooms 1 --subs 1000 --pubs 1 --rate 100 --pub-port "$PAIR_B_PORT"
     stop_server
     keep_server_logs "stoa-$name"
   fi
@@ -482,15 +490,9 @@ cross_instance() {   # two stoa instances on one PostgreSQL
     local bname="cross-bus-200x1-$((total / 1000))k"
     want_run "$bname" || continue
     SPREAD=1
-    STOA_DB_URL=$url start_server stoa
-    a_port=$SERVER_PORT a_main=$SERVER_MAIN a_dir=$SERVER_DIR
-    STOA_DB_URL=$url start_server stoa
-    b_port=$SERVER_PORT
-    EXTRA_PIDS=("$SERVER_MAIN")
-    SERVER_PID=$a_main,$SERVER_MAIN SERVER_MAIN=$a_main SERVER_PORT=$a_port SERVER_DIR=$a_dir
-    sleep 2
+    start_pair "$url"
     gen stoa "$bname" --scenario fanout --transport ws --rooms 200 --subs 1 --pubs 1 --rate $((total / 200)) \
-      --pub-port "$b_port"
+      --pub-port "$PAIR_B_PORT"
     stop_server
     keep_server_logs "stoa-$bname"
     SPREAD=0
