@@ -7,6 +7,7 @@ import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
 import { run, startStoa, STOA_BIN } from './lib/stoa.mjs';
 import { freePort } from './lib/pg.mjs';
@@ -61,16 +62,23 @@ describe('benchmark tools smoke', () => {
   it('ceiling: relays a publisher\'s frames to every subscriber', async () => {
     const port = await freePort();
     ceiling = spawn(CEILING, ['--listen', `127.0.0.1:${port}`], { stdio: 'ignore' });
-    const r = await (async () => {
-      for (let i = 0; ; i++) {   // it may take a moment to listen
-        const out = await run(GEN, ['--target', 'ceiling', '--host', '127.0.0.1', '--port', String(port), '--scenario', 'fanout',
-          '--subs', '20', '--rate', '20', '--duration', '2', '--warmup', '1', '--json'], { timeout: 60000 });
-        if (out.code === 0 || i === 20) return out;
-        await new Promise((res) => setTimeout(res, 100));
-      }
-    })();
+    // It may take a moment to listen (a loaded CI machine, a sanitizer
+    // build): wait until the port takes a connection, so that none of the
+    // generator's 20 is refused.
+    for (let i = 0; ; i++) {
+      const up = await new Promise((res) => {
+        const s = connect(port, '127.0.0.1', () => { s.destroy(); res(true); });
+        s.on('error', () => res(false));
+      });
+      if (up) break;
+      assert.ok(i < 100, 'the ceiling listens within 10 s');
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    const r = await run(GEN, ['--target', 'ceiling', '--host', '127.0.0.1', '--port', String(port), '--scenario', 'fanout',
+      '--subs', '20', '--rate', '20', '--duration', '2', '--warmup', '1', '--json'], { timeout: 60000 });
     assert.equal(r.code, 0, r.stderr);
     const report = JSON.parse(r.stdout.trim().split('\n').at(-1));
+    assert.equal(report.connected, 20, JSON.stringify(report));
     assert.ok(report.published > 0);
     assert.ok(report.delivered >= 0.9 * report.published * 20, JSON.stringify(report));
     assert.equal(report.duplicates, 0, JSON.stringify(report));
