@@ -6,7 +6,7 @@ import net from 'node:net';
 import { useStoa, itStopsCleanly, sleep, waitFor } from './lib/stoa.mjs';
 import {
   closeAll, createSession, deleteSession, getSession, poll, postMessages, postOk, request, Poller, track,
-  transportCounts,
+  transportCounts, observerSessions,
 } from './lib/sessions.mjs';
 
 /** A poll that is still held: resolves {settled} without waiting for it. */
@@ -347,14 +347,7 @@ describe('long-poll: held polls outside libmicrohttpd', () => {
   it('1,000 pollers in one room each get every message once, in order', async () => {
     const N = 1000;
     const M = 20;
-    const sessions = [];
-    for (let i = 0; i < N; i += 50) {
-      sessions.push(...await Promise.all(Array.from({ length: Math.min(50, N - i) }, async () => {
-        const s = await createSession(srv);
-        await postOk(srv, s.session, { type: 'join', room: 'doc:many', observe: true });
-        return s;
-      })));
-    }
+    const sessions = await observerSessions(srv, N, 'doc:many');
     const pollers = sessions.map((s) => Poller.start(srv, s.session));
     await Promise.all(pollers.map((p) => p.next('room_state', 20000)));
     await waitFor(async () => ((await transportCounts(srv)).longpoll ?? 0) > N / 2,

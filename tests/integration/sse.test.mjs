@@ -9,7 +9,7 @@ import { EventSource } from 'eventsource';
 import { useStoa, itStopsCleanly, sleep, waitFor } from './lib/stoa.mjs';
 import {
   Inbox, SseStream, Poller, track, closeAll, createSession, deleteSession, getSession, postOk, postMessages,
-  transportCounts,
+  transportCounts, observerSessions,
 } from './lib/sessions.mjs';
 
 /**
@@ -404,14 +404,7 @@ describe('SSE: streams outside libmicrohttpd', () => {
   it('1,000 streams in one room each get every message once, in order', async () => {
     const N = 1000;
     const M = 20;
-    const sessions = [];
-    for (let i = 0; i < N; i += 50) {
-      sessions.push(...await Promise.all(Array.from({ length: Math.min(50, N - i) }, async () => {
-        const s = await createSession(srv);
-        await postOk(srv, s.session, { type: 'join', room: 'doc:many', observe: true });
-        return s;
-      })));
-    }
+    const sessions = await observerSessions(srv, N, 'doc:many');
     const streams = [];
     for (let i = 0; i < N; i += 100) {
       streams.push(...await Promise.all(sessions.slice(i, i + 100).map(async (s) => {

@@ -77,6 +77,19 @@ export async function postOk(srv, id, msgs, opts) {
   return r.body;
 }
 
+/** n sessions, each joined to room as an observer (50 created at a time). */
+export async function observerSessions(srv, n, room) {
+  const sessions = [];
+  for (let i = 0; i < n; i += 50) {
+    sessions.push(...await Promise.all(Array.from({ length: Math.min(50, n - i) }, async () => {
+      const s = await createSession(srv);
+      await postOk(srv, s.session, { type: 'join', room, observe: true });
+      return s;
+    })));
+  }
+  return sessions;
+}
+
 /** One GET .../poll; resolves {status, headers, body, text}. */
 export function poll(srv, id, { after, token, signal, extra = '' } = {}) {
   const q = after === undefined ? '' : `after=${after}`;
