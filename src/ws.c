@@ -21,8 +21,6 @@
 #include <unistd.h>
 #include <uthash.h>
 
-_Static_assert(LWS_PRE <= STOA_MSG_HEADROOM, "message headroom must fit the WebSocket frame header");
-
 /* Messages of a session's backlog sent at once at most (one write). */
 #define WRITE_BURST 32
 /* A backlog is framed into one buffer of this size per shard and sent with
@@ -44,9 +42,17 @@ typedef struct conn {
     bool going_away;          /* shutting down: send a notice, then close 1001 */
     int64_t last_rx_ms;       /* the last data or pong from the client */
     bool ping_due, ping_sent; /* keepalive (sweep() below) */
+    bool in_batch, rewake;    /* in sh->out; woken again meanwhile (drain_queues) */
     struct conn *self;        /* key of sh->conns */
     UT_hash_handle hh;        /* in sh->conns: the live connections */
 } conn_t;
+
+/* A message taken for a woken connection, sent once every woken
+ * connection has its own (drain_queues). */
+typedef struct taken {
+    conn_t *conn;
+    stoa_msg_t *msg;          /* a reference */
+} taken_t;
 
 /* A wakeup handed over from another thread. */
 typedef struct pending_wake {
@@ -68,6 +74,8 @@ typedef struct shard {
     pthread_t thread;
     bool started;
     conn_t *conns;            /* established connections (this shard's thread only) */
+    taken_t *out;             /* drain_queues' sends (this thread) */
+    size_t nout, capout;
     pthread_mutex_t mu;       /* guards the two queues */
     int *adopt_q;
     size_t nadopt, capadopt;
@@ -87,7 +95,8 @@ struct stoa_ws {
 };
 
 static void ws_wake(void *transport, stoa_session_t *sess, void *conn);
-static void wake_conn(conn_t *c);
+static void take_for(shard_t *sh, conn_t *c);
+static void send_taken(shard_t *sh);
 static void ws_wake_batch(void *transport, stoa_wake_t *wakes, size_t n);
 
 static const stoa_transport_ops_t ws_ops = {
@@ -147,7 +156,10 @@ int stoa_ws_connections(stoa_ws_t *ws)
     return atomic_load(&ws->nconn);
 }
 
-/* Shard thread: adopt queued sockets, ask for writable on woken sessions. */
+/* Shard thread: adopt queued sockets, then send to the woken connections
+ * in two passes: first what each will be sent is taken from the hub, then
+ * the sends go out back to back (the receivers' wakeups then come close
+ * together, as when one frame is written to many sockets). */
 static void drain_queues(shard_t *sh)
 {
     int *fds;
@@ -172,9 +184,10 @@ static void drain_queues(shard_t *sh)
         conn_t *c;
         HASH_FIND_PTR(sh->conns, &wakes[i].conn, c);
         if (c)   /* still open: it learns from the session what happened */
-            wake_conn(c);
+            take_for(sh, c);
         stoa_session_unref(wakes[i].sess);
     }
+    send_taken(sh);
     free(fds);
     free(wakes);
 }
@@ -313,35 +326,26 @@ static void on_receive(stoa_ws_t *ws, conn_t *c, struct lws *wsi, const char *in
     c->rxlen = 0;
 }
 
+/* Send msg's frame, which is shared and read-only: a raw write does not
+ * touch the bytes before it (lws copies what the socket does not take).
+ * Takes msg. */
 static int write_msg(struct lws *wsi, stoa_msg_t *msg)
 {
-    size_t len = stoa_msg_len(msg);
-    int n = lws_write(wsi, stoa_msg_framable(msg), len, LWS_WRITE_TEXT);
+    size_t len;
+    const unsigned char *frame = stoa_msg_ws_frame(msg, &len);
+    int n = lws_write(wsi, (unsigned char *)frame, len, LWS_WRITE_RAW);
     stoa_msg_unref(msg);
     return n < (int)len ? -1 : 0;
 }
 
-/* Frame msg as one unmasked text frame at out; returns the bytes used
- * (at most stoa_msg_len(msg) + FRAME_HEADER_MAX). */
+/* Copy msg's frame to out; returns its length (at most stoa_msg_len(msg)
+ * + FRAME_HEADER_MAX). */
 static size_t frame_into(unsigned char *out, const stoa_msg_t *msg)
 {
-    size_t len = stoa_msg_len(msg), h = 2;
-    out[0] = 0x81;   /* FIN, text */
-    if (len < 126) {
-        out[1] = (unsigned char)len;
-    } else if (len <= 0xffff) {
-        out[1] = 126;
-        out[2] = (unsigned char)(len >> 8);
-        out[3] = (unsigned char)len;
-        h = 4;
-    } else {
-        out[1] = 127;
-        for (int i = 0; i < 8; i++)
-            out[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
-        h = 10;
-    }
-    memcpy(out + h, stoa_msg_text(msg), len);
-    return h + len;
+    size_t len;
+    const unsigned char *frame = stoa_msg_ws_frame(msg, &len);
+    memcpy(out, frame, len);
+    return len;
 }
 
 static int write_raw(shard_t *sh, struct lws *wsi, size_t used)
@@ -448,24 +452,60 @@ static int on_writable(conn_t *c, struct lws *wsi)
     return 0;
 }
 
-/* Shard thread, on a wake: send at once instead of asking lws for a
- * writable callback (which costs a round of the event loop and two
- * changes of the descriptor's epoll events per message). Only when the
- * connection has nothing of its own to send first and lws holds no
- * unsent bytes of it; otherwise, and to close, the callback does it. */
-static void wake_conn(conn_t *c)
+/* Shard thread, on a wake: send without asking lws for a writable
+ * callback (which costs a round of the event loop and two changes of the
+ * descriptor's epoll events per message). Only when the connection has
+ * nothing of its own to send first and lws holds no unsent bytes of it;
+ * otherwise, and to close, the callback does it. The usual case, one new
+ * message, is taken now and kept in sh->out for send_taken; a backlog goes
+ * at once. A connection woken again while in sh->out is woken once more
+ * after its send. */
+static void take_for(shard_t *sh, conn_t *c)
 {
-    bool gone = false;
-    int more;
+    bool gone = false, more = false;
+    stoa_msg_t *msg;
+    if (c->in_batch) {
+        c->rewake = true;
+        return;
+    }
     if (!c->sess || c->hello || c->last_words || c->ping_due || c->going_away || lws_partial_buffered(c->wsi)) {
         lws_callback_on_writable(c->wsi);
         return;
     }
-    more = send_pending(c, c->wsi, &gone);
-    if (more < 0)
-        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
-    else if (more > 0 || gone)
-        lws_callback_on_writable(c->wsi);
+    msg = stoa_session_next_more(c->sess, c, NULL, &gone, &more);
+    if (!msg) {
+        if (gone)   /* the writable callback closes it */
+            lws_callback_on_writable(c->wsi);
+        return;
+    }
+    if (more) {
+        if (write_backlog(c, c->wsi, msg, &more) < 0)
+            lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        else if (more)
+            lws_callback_on_writable(c->wsi);
+        return;
+    }
+    if (sh->nout == sh->capout) {
+        sh->capout = sh->capout ? sh->capout * 2 : 256;
+        sh->out = stoa_xrealloc(sh->out, sh->capout * sizeof *sh->out);
+    }
+    sh->out[sh->nout++] = (taken_t){c, msg};
+    c->in_batch = true;
+}
+
+/* Shard thread: the sends take_for kept, in order. */
+static void send_taken(shard_t *sh)
+{
+    for (size_t i = 0; i < sh->nout; i++) {
+        conn_t *c = sh->out[i].conn;
+        c->in_batch = false;
+        if (write_msg(c->wsi, sh->out[i].msg) < 0)
+            lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        else if (c->rewake)
+            take_for(sh, c);
+        c->rewake = false;
+    }
+    sh->nout = 0;
 }
 
 static void on_closed(conn_t *c)
@@ -661,6 +701,7 @@ static void shard_destroy(shard_t *sh)
     free(sh->adopt_q);
     free(sh->wake_q);
     free(sh->wbuf);
+    free(sh->out);
     pthread_mutex_destroy(&sh->mu);
 }
 

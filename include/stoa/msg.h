@@ -1,18 +1,16 @@
 /* msg.h - an encoded outbound message, shared by reference.
  *
  * A message is encoded once (JSON text) and every recipient holds a
- * reference to the same bytes. The buffer keeps STOA_MSG_HEADROOM free
- * bytes before the text so the WebSocket adapter can frame it in place
- * (libwebsockets writes its header into LWS_PRE bytes before the payload).
- * References are atomic, so any thread may take or drop one.
+ * reference to the same bytes. The WebSocket frame header is written
+ * once too, in front of the text, so every WebSocket thread sends the same
+ * read-only frame. References are atomic, so any thread may take or drop
+ * one.
  */
 #ifndef STOA_MSG_H
 #define STOA_MSG_H
 
 #include <stddef.h>
 #include <stdint.h>
-
-#define STOA_MSG_HEADROOM 32
 
 typedef struct stoa_msg stoa_msg_t;
 
@@ -32,9 +30,10 @@ void stoa_msg_unref_n(stoa_msg_t *msg, unsigned n);
 /* The text (NUL-terminated) and its length, without headroom. */
 const char *stoa_msg_text(const stoa_msg_t *msg);
 size_t stoa_msg_len(const stoa_msg_t *msg);
-/* The text with STOA_MSG_HEADROOM writable bytes before it, for framing.
- * Only one thread (the WebSocket service thread) may write the headroom. */
-unsigned char *stoa_msg_framable(stoa_msg_t *msg);
+/* The message as one unmasked, final WebSocket text frame (RFC 6455
+ * section 5.2): its header, then the text; *len is set to its length.
+ * Read-only and owned by the message. */
+const unsigned char *stoa_msg_ws_frame(const stoa_msg_t *msg, size_t *len);
 /* Current number of references (for tests and metrics). */
 unsigned stoa_msg_refcount(const stoa_msg_t *msg);
 
