@@ -159,7 +159,8 @@ static uint64_t append_ref(stoa_session_t *s, stoa_msg_t *msg, int64_t now)
 {
     entry_t *e;
     if (s->len == s->cap) {
-        size_t ncap = s->cap ? s->cap * 2 : 4;
+        /* From one entry: an idle session keeps only its last reply. */
+        size_t ncap = s->cap ? s->cap * 2 : 1;
         entry_t *nr = stoa_xmalloc(ncap * sizeof *nr);
         for (size_t i = 0; i < s->len; i++)
             nr[i] = *entry_at(s, i);

@@ -14,14 +14,15 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <uthash.h>
-/* Most tables here are small (a session's rooms, a room's members): start
- * them with 4 buckets instead of uthash's 32 (they grow as needed). The
- * macros are read where a table is made, so redefining them here is
- * enough. */
+/* Most tables here are small (a session's rooms, a room's members; an
+ * idle connection has one of each): start them with one bucket instead of
+ * uthash's 32. A table doubles its buckets once a chain reaches 10 items,
+ * so lookups stay short as it grows. The macros are read where a table is
+ * made, so redefining them here is enough. */
 #undef HASH_INITIAL_NUM_BUCKETS
 #undef HASH_INITIAL_NUM_BUCKETS_LOG2
-#define HASH_INITIAL_NUM_BUCKETS 4U
-#define HASH_INITIAL_NUM_BUCKETS_LOG2 2U
+#define HASH_INITIAL_NUM_BUCKETS 1U
+#define HASH_INITIAL_NUM_BUCKETS_LOG2 0U
 
 #define STOA_PEER_ID_LEN 12
 

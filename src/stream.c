@@ -6,7 +6,6 @@
 
 #include <errno.h>
 #ifdef __GLIBC__
-#include <malloc.h>
 #endif
 #include <pthread.h>
 #include <stdatomic.h>
@@ -21,7 +20,6 @@
 
 #define QUEUE_KEY 0          /* ids start at 1 */
 #define SWEEP_MS 250         /* how often deadlines are looked at */
-#define TRIM_MS 1000         /* at most one malloc_trim a second, after handoffs */
 
 struct stoa_stream_conn {
     uint64_t id;                 /* hash key */
@@ -65,7 +63,6 @@ struct stoa_stream {
     char *scratch;               /* what the current pump wrote */
     size_t slen, scap;
     size_t added_since_trim;
-    int64_t last_trim_ms;
 };
 
 /* ---- the queue (any thread) ---- */
@@ -352,21 +349,11 @@ static void sweep(stoa_stream_t *st, int64_t now)
 /* A connection handed over here leaves its libmicrohttpd memory pool
  * (http_memory_limit, 16 KiB by default, allocated with malloc on MHD's
  * thread) free between sessions allocated meanwhile: holes that stay
- * resident. Once a second after handoffs, give their whole free pages back
- * to the system (glibc's malloc_trim: madvise on free chunks, every
- * arena). */
-static void trim(stoa_stream_t *st, int64_t now)
+ * resident until stoa_heap_trim gives their pages back. */
+static void trim(stoa_stream_t *st)
 {
-    if (!st->added_since_trim || now - st->last_trim_ms < TRIM_MS)
-        return;
-    now = stoa_now_ms();
-#ifdef __GLIBC__
-    malloc_trim(0);
-#endif
-    st->added_since_trim = 0;
-    st->last_trim_ms = stoa_now_ms();
-    if (st->last_trim_ms - now >= 5)
-        STOA_DEBUG("stream: malloc_trim took %lld ms", (long long)(st->last_trim_ms - now));
+    if (st->added_since_trim && stoa_heap_trim())
+        st->added_since_trim = 0;
 }
 
 static void *stream_main(void *arg)
@@ -405,7 +392,7 @@ static void *stream_main(void *arg)
         now = stoa_now_ms();
         if (now >= next_sweep) {
             sweep(st, now);
-            trim(st, now);
+            trim(st);
             next_sweep = now + SWEEP_MS;
         }
         pthread_mutex_lock(&st->mu);

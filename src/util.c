@@ -2,7 +2,9 @@
 #include "stoa/util.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <openssl/evp.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,4 +141,16 @@ void stoa_digest_hex(const void *data, size_t len, char *out, size_t hexlen)
         out[2 * i + 1] = hex[md[i] & 15];
     }
     out[hexlen] = '\0';
+}
+
+bool stoa_heap_trim(void)
+{
+    static _Atomic int64_t last_ms;
+    int64_t now = stoa_now_ms(), last = atomic_load(&last_ms);
+    if (now - last < 1000 || !atomic_compare_exchange_strong(&last_ms, &last, now))
+        return false;
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+    return true;
 }

@@ -75,6 +75,7 @@ typedef struct shard {
     bool started;
     conn_t *conns;            /* established connections (this shard's thread only) */
     taken_t *out;             /* drain_queues' sends (this thread) */
+    size_t opened_since_trim; /* connections established since sweep's last stoa_heap_trim */
     size_t nout, capout;
     pthread_mutex_t mu;       /* guards the two queues */
     int *adopt_q;
@@ -257,6 +258,7 @@ static void on_established(shard_t *sh, conn_t *c, struct lws *wsi)
     c->last_rx_ms = stoa_now_ms();
     c->self = c;
     HASH_ADD_PTR(sh->conns, self, c);
+    sh->opened_since_trim++;
     if (atomic_fetch_add(&ws->nconn, 1) >= ws->cfg->max_connections) {
         close_with(c, STOA_ERR_SERVER_FULL, "too many connections; try again later", STOA_WS_CLOSE_TRY_LATER);
         goto out;
@@ -576,7 +578,7 @@ static const struct lws_protocols protocols[] = {
      * larger ones, so a small one saves memory per idle connection. */
     /* tx_packet_size: lws sends at most this much per send() (without it,
      * rx_buffer_size + 20: a 30 KB message would take 110 rounds). */
-    {"stoa.v1", callback, sizeof(conn_t), 256, 0, NULL, 1 << 20},
+    {"stoa.v1", callback, sizeof(conn_t), 128, 0, NULL, 1 << 20},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
@@ -627,6 +629,10 @@ static void sweep(lws_sorted_usec_list_t *sul)
             lws_callback_on_writable(c->wsi);
         }
     }
+    /* Each handshake's buffers (lws's header table, the request's
+     * strings) are freed between the connection's long-lived allocations. */
+    if (sh->opened_since_trim && stoa_heap_trim())
+        sh->opened_since_trim = 0;
     if (!atomic_load(&sh->ws->stop))
         lws_sul_schedule(sh->ctx, 0, &sh->sweep, sweep, LWS_US_PER_SEC);
 }

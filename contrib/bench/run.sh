@@ -202,7 +202,11 @@ say "results: $results"
 
 # ---------------------------------------------------------------- servers
 api_key=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')   # 36 hex characters
-port_base=$((20000 + RANDOM % 20000))
+# Server ports come from below the ephemeral range, where the generator's
+# own (up to 20,000) connections and their TIME_WAIT leftovers never are.
+eph_lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[ "$eph_lo" -gt 12000 ] 2>/dev/null || eph_lo=32768
+port_base=$((10000 + RANDOM % (eph_lo - 12000)))
 SERVER_MAIN=""     # the pid to stop
 SERVER_PID=""      # the pids to measure, comma-separated (nginx: master and worker)
 SERVER_PORT=""
@@ -215,7 +219,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {   # sets PORT to a port nothing listens on (a new one each time)
   while :; do
     port_base=$((port_base + 1))
-    [ "$port_base" -lt 60000 ] || port_base=20001
+    [ "$port_base" -lt "$eph_lo" ] || port_base=10001
     port_open "$port_base" || { PORT=$port_base; return; }
   done
 }

@@ -7,6 +7,7 @@
 #ifndef STOA_UTIL_H
 #define STOA_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,6 +33,13 @@ uint32_t stoa_random_below(uint32_t bound);
 /* The first hexlen/2 bytes of SHA-256(data) (libcrypto) as lowercase hex
  * in out (hexlen + 1 bytes, NUL-terminated); hexlen <= 64, even. */
 void stoa_digest_hex(const void *data, size_t len, char *out, size_t hexlen);
+
+/* Give the whole free pages inside the heap back to the system (glibc's
+ * malloc_trim, every arena), at most once a second for the process: after
+ * a burst of connections, the handshake buffers freed between long-lived
+ * allocations would otherwise stay resident. Any thread; returns whether
+ * it trimmed (false: another call did within the last second). */
+bool stoa_heap_trim(void);
 
 /* Walk a comma-separated list: the next item (spaces around it trimmed,
  * possibly empty) with its length in *len, advancing *cursor; NULL when
