@@ -19,7 +19,6 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
-#include <uthash.h>
 
 /* Messages of a session's backlog sent at once at most (one write). */
 #define WRITE_BURST 32
@@ -29,8 +28,11 @@
 #define FRAME_HEADER_MAX 10
 
 typedef struct conn {
-    struct shard *sh;         /* its service thread; NULL before established and after close */
-    struct lws *wsi;
+    struct shard *sh;         /* its service thread; NULL while free (in the shard's pool) */
+    union {
+        struct lws *wsi;      /* while in use */
+        struct conn *next_free;   /* while free */
+    };
     stoa_session_t *sess;     /* our reference; NULL before auth or after close */
     char *rx;                 /* reassembly of a fragmented message */
     size_t rxlen, rxcap;
@@ -43,9 +45,20 @@ typedef struct conn {
     int64_t last_rx_ms;       /* the last data or pong from the client */
     bool ping_due, ping_sent; /* keepalive (sweep() below) */
     bool in_batch, rewake;    /* in sh->out; woken again meanwhile (drain_queues) */
-    struct conn *self;        /* key of sh->conns */
-    UT_hash_handle hh;        /* in sh->conns: the live connections */
 } conn_t;
+
+/* A shard's connections live in slabs that stay until the shard ends
+ * (a free one goes back on the shard's free list, for the next
+ * connection), so a wake still queued for a connection closed meanwhile
+ * points at a conn_t: a free one is skipped, and one taken by a newer
+ * connection only makes that one look at its own session, which a wake
+ * always is, a hint to look. At most max_connections of them, 96 bytes
+ * each, stay allocated after a peak. */
+#define CONN_SLAB 256
+typedef struct conn_slab {
+    struct conn_slab *next;
+    conn_t conns[CONN_SLAB];
+} conn_slab_t;
 
 /* A message taken for a woken connection, sent once every woken
  * connection has its own (drain_queues). */
@@ -57,7 +70,7 @@ typedef struct taken {
 /* A wakeup handed over from another thread. */
 typedef struct pending_wake {
     stoa_session_t *sess;     /* a reference */
-    conn_t *conn;             /* may be gone: looked up in sh->conns first */
+    conn_t *conn;             /* may be closed meanwhile (see conn_slab_t) */
 } pending_wake_t;
 
 /* One service thread with its own libev loop and lws context (Debian's
@@ -73,7 +86,9 @@ typedef struct shard {
     unsigned char *wbuf;      /* LWS_PRE + COALESCE_BYTES: a backlog's frames (this thread) */
     pthread_t thread;
     bool started;
-    conn_t *conns;            /* established connections (this shard's thread only) */
+    conn_slab_t *slabs;       /* every connection (this shard's thread only) */
+    conn_t *free_conns;
+    size_t nconns;            /* established, of this shard */
     taken_t *out;             /* drain_queues' sends (this thread) */
     size_t opened_since_trim; /* connections established since sweep's last stoa_heap_trim */
     size_t nout, capout;
@@ -182,9 +197,8 @@ static void drain_queues(shard_t *sh)
         if (!lws_adopt_socket_vhost(sh->vh, fds[i]))   /* closes the fd on failure */
             STOA_WARN("websocket: could not adopt a connection");
     for (size_t i = 0; i < nwakes; i++) {
-        conn_t *c;
-        HASH_FIND_PTR(sh->conns, &wakes[i].conn, c);
-        if (c)   /* still open: it learns from the session what happened */
+        conn_t *c = wakes[i].conn;
+        if (c->sh)   /* still open: it learns from the session what happened */
             take_for(sh, c);
         stoa_session_unref(wakes[i].sess);
     }
@@ -239,7 +253,43 @@ static const char *url_arg(struct lws *wsi, const char *name, char *out, size_t 
     return out;
 }
 
-static void on_established(shard_t *sh, conn_t *c, struct lws *wsi)
+/* Shard thread: a zeroed connection from the pool (see conn_slab_t). */
+static conn_t *conn_new(shard_t *sh)
+{
+    conn_t *c;
+    if (!sh->free_conns) {
+        conn_slab_t *s = stoa_xcalloc(1, sizeof *s);
+        s->next = sh->slabs;
+        sh->slabs = s;
+        for (size_t i = CONN_SLAB; i-- > 0;) {
+            s->conns[i].next_free = sh->free_conns;
+            sh->free_conns = &s->conns[i];
+        }
+    }
+    c = sh->free_conns;
+    sh->free_conns = c->next_free;
+    memset(c, 0, sizeof *c);
+    return c;
+}
+
+/* The next connection in use after the iterator's position, or NULL. */
+typedef struct conn_iter {
+    conn_slab_t *slab;
+    size_t i;
+} conn_iter_t;
+
+static conn_t *conn_next(conn_iter_t *it)
+{
+    for (; it->slab; it->slab = it->slab->next, it->i = 0)
+        while (it->i < CONN_SLAB) {
+            conn_t *c = &it->slab->conns[it->i++];
+            if (c->sh)
+                return c;
+        }
+    return NULL;
+}
+
+static void on_established(shard_t *sh, struct lws *wsi)
 {
     stoa_ws_t *ws = sh->ws;
     char *qbuf = stoa_xmalloc(STOA_TOKEN_MAX + 16), *cookie_buf = stoa_xmalloc(STOA_TOKEN_MAX + 1);
@@ -252,12 +302,12 @@ static void on_established(shard_t *sh, conn_t *c, struct lws *wsi)
     stoa_err_t code;
     char why[256];
 
-    memset(c, 0, sizeof *c);
+    conn_t *c = conn_new(sh);
     c->sh = sh;
     c->wsi = wsi;
     c->last_rx_ms = stoa_now_ms();
-    c->self = c;
-    HASH_ADD_PTR(sh->conns, self, c);
+    lws_set_opaque_user_data(wsi, c);
+    sh->nconns++;
     sh->opened_since_trim++;
     if (atomic_fetch_add(&ws->nconn, 1) >= ws->cfg->max_connections) {
         close_with(c, STOA_ERR_SERVER_FULL, "too many connections; try again later", STOA_WS_CLOSE_TRY_LATER);
@@ -512,10 +562,10 @@ static void send_taken(shard_t *sh)
 
 static void on_closed(conn_t *c)
 {
-    shard_t *sh = c->sh;
+    shard_t *sh = c ? c->sh : NULL;
     if (!sh)
         return;   /* never established */
-    HASH_DEL(sh->conns, c);
+    lws_set_opaque_user_data(c->wsi, NULL);
     if (c->sess) {
         /* A client that said goodbye (close frame) ends its session; one
          * that vanished may come back within session_grace_ms. */
@@ -529,13 +579,17 @@ static void on_closed(conn_t *c)
     free(c->rx);
     c->rx = NULL;
     c->sh = NULL;
+    c->next_free = sh->free_conns;
+    sh->free_conns = c;
+    sh->nconns--;
     atomic_fetch_sub(&sh->ws->nconn, 1);
 }
 
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
     shard_t *sh = lws_context_user(lws_get_context(wsi));
-    conn_t *c = user;
+    conn_t *c = lws_get_opaque_user_data(wsi);   /* NULL until established */
+    (void)user;
 
     switch (reason) {
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
@@ -546,22 +600,24 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
         return origin_ok(sh->ws, wsi) ? 0 : 1;
     case LWS_CALLBACK_ESTABLISHED:
-        on_established(sh, c, wsi);
+        on_established(sh, wsi);
         break;
     case LWS_CALLBACK_RECEIVE:
-        on_receive(sh->ws, c, wsi, in, len);
+        if (c)
+            on_receive(sh->ws, c, wsi, in, len);
         break;
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-        c->peer_closed = true;
+        if (c)
+            c->peer_closed = true;
         break;
     case LWS_CALLBACK_RECEIVE_PONG:
-        if (c->sh) {
+        if (c) {
             c->last_rx_ms = stoa_now_ms();
             c->ping_sent = false;
         }
         break;
     case LWS_CALLBACK_SERVER_WRITEABLE:
-        return on_writable(c, wsi);
+        return c ? on_writable(c, wsi) : 0;
     case LWS_CALLBACK_CLOSED:
         on_closed(c);
         break;
@@ -573,12 +629,15 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 
 static const struct lws_protocols protocols[] = {
     /* First: a client that names no subprotocol is bound to protocols[0]. */
-    /* rx_buffer_size: lws gives each connection a receive buffer this large
-     * (default 4 KiB); client messages are small, and callback() reassembles
-     * larger ones, so a small one saves memory per idle connection. */
+    /* No per-session data: a connection is a conn_t from the shard's pool
+     * (lws's opaque user data). rx_buffer_size: lws gives each connection
+     * a receive buffer this large (default 4 KiB) and reads at most that
+     * much per recv(): 256 bytes take a usual client message (a cursor, a
+     * 100-byte ephemeral) in one read, 128 would take two; callback()
+     * reassembles larger ones. */
     /* tx_packet_size: lws sends at most this much per send() (without it,
      * rx_buffer_size + 20: a 30 KB message would take 110 rounds). */
-    {"stoa.v1", callback, sizeof(conn_t), 128, 0, NULL, 1 << 20},
+    {"stoa.v1", callback, 0, 256, 0, NULL, 1 << 20},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
@@ -596,13 +655,14 @@ static void lws_logger(int level, const char *line)
 static void say_goodbye(shard_t *sh)
 {
     int64_t deadline = stoa_now_ms() + sh->ws->cfg->shutdown_timeout_ms;
-    for (conn_t *c = sh->conns; c; c = c->hh.next) {
+    conn_iter_t it = {sh->slabs, 0};
+    for (conn_t *c; (c = conn_next(&it));) {
         c->going_away = true;
         lws_callback_on_writable(c->wsi);
     }
     /* One round without waiting at a time, so the deadline holds even
      * when no event comes. */
-    while (sh->conns && stoa_now_ms() < deadline) {
+    while (sh->nconns && stoa_now_ms() < deadline) {
         ev_run(sh->loop, EVRUN_NOWAIT);
         usleep(2000);
     }
@@ -619,7 +679,8 @@ static void sweep(lws_sorted_usec_list_t *sul)
     shard_t *sh = lws_container_of(sul, shard_t, sweep);
     int64_t now = stoa_now_ms(), ping = (int64_t)sh->ws->cfg->ws_ping_interval_s * 1000,
             idle = (int64_t)sh->ws->cfg->ws_idle_timeout_s * 1000;
-    for (conn_t *c = sh->conns; c; c = c->hh.next) {
+    conn_iter_t it = {sh->slabs, 0};
+    for (conn_t *c; (c = conn_next(&it));) {
         int64_t quiet = now - c->last_rx_ms;
         if (quiet >= idle) {
             STOA_DEBUG("websocket: closing a connection silent for %lld ms", (long long)quiet);
@@ -708,6 +769,11 @@ static void shard_destroy(shard_t *sh)
     free(sh->wake_q);
     free(sh->wbuf);
     free(sh->out);
+    while (sh->slabs) {
+        conn_slab_t *next = sh->slabs->next;
+        free(sh->slabs);
+        sh->slabs = next;
+    }
     pthread_mutex_destroy(&sh->mu);
 }
 

@@ -456,7 +456,7 @@ start_pair() {
 
 cross_instance() {   # two stoa instances on one PostgreSQL
   local name=cross-1x1000-ws
-  want_run "$name" || want_run cross-bus || return 0
+  want_run "$name" || want_run cross-bus-200x1-100k || want_run cross-bus-200x1-200k || return 0
   if ! "$BENCH" --help 2>&1 | grep -q -- '--pub-port'; then
     skip stoa "$name" "stoa-bench has no option for a second port (publishers on another instance)"
     return 0
