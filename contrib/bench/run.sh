@@ -456,7 +456,7 @@ start_pair() {
 
 cross_instance() {   # two stoa instances on one PostgreSQL
   local name=cross-1x1000-ws
-  want_run "$name" || want_run cross-bus-200x1-100k || want_run cross-bus-200x1-200k || return 0
+  want_run "$name" || want_run cross-bus-200x1-100k || want_run cross-bus-200x1-150k || want_run cross-bus-200x1-200k || return 0
   if ! "$BENCH" --help 2>&1 | grep -q -- '--pub-port'; then
     skip stoa "$name" "stoa-bench has no option for a second port (publishers on another instance)"
     return 0
@@ -486,11 +486,11 @@ cross_instance() {   # two stoa instances on one PostgreSQL
     keep_server_logs "stoa-$name"
   fi
   # Bus throughput: 200 rooms, one publisher each on B, one observer each
-  # on A, at 100,000 and 200,000 messages/s in all. Two instances and
+  # on A, at 100,000, 150,000 and 200,000 messages/s in all. Two instances and
   # PostgreSQL share the machine's cores here (nothing pinned, each
   # instance with ws_threads = CPUs); the generator shares them too.
   local total
-  for total in 100000 200000; do
+  for total in 100000 150000 200000; do
     local bname="cross-bus-200x1-$((total / 1000))k"
     want_run "$bname" || continue
     SPREAD=1
