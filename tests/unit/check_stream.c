@@ -95,12 +95,15 @@ static size_t read_until(int fd, char *buf, size_t cap, const char *want)
     return len;
 }
 
-static bool wait_for(atomic_bool *flag)
+/* The module let go of s's connection: the source freed, then the socket
+ * given back or closed, then the count dropped (in that order, on the
+ * stream thread: waiting for the flag alone races with the rest). */
+static bool wait_released(stoa_stream_t *st, src_t *s)
 {
     int64_t end = stoa_now_ms() + 3000;
-    while (!atomic_load(flag) && stoa_now_ms() < end)
+    while ((!atomic_load(&s->freed) || stoa_stream_count(st) > 0) && stoa_now_ms() < end)
         usleep(1000);
-    return atomic_load(flag);
+    return atomic_load(&s->freed) && stoa_stream_count(st) == 0;
 }
 
 START_TEST(test_head_chunks_and_give_back)
@@ -123,7 +126,7 @@ START_TEST(test_head_chunks_and_give_back)
     stoa_stream_wake(st, id);
     read_until(sv[1], buf, sizeof buf, "0\r\n\r\n");
     ck_assert_str_eq(buf, "2\r\n2\n\r\n0\r\n\r\n");
-    ck_assert(wait_for(&s.freed));
+    ck_assert(wait_released(st, &s));
     ck_assert_int_eq(atomic_load(&given_back_fd), sv[0]);   /* keep-alive: back to the owner */
     ck_assert_uint_eq(stoa_stream_count(st), 0);
     ck_assert_uint_eq(stoa_stream_close(st, 0), 0);
@@ -147,7 +150,7 @@ START_TEST(test_not_keep_alive_is_closed)
     stoa_stream_add(st, sv[0], stoa_stream_new_id(st), NULL, 0, false, false, &ops, &s);
     read_until(sv[1], buf, sizeof buf, "0\n");
     ck_assert_str_eq(buf, "0\n");
-    ck_assert(wait_for(&s.freed));
+    ck_assert(wait_released(st, &s));
     ck_assert_int_eq(atomic_load(&given_back_fd), -1);
     ck_assert_int_eq(read(sv[1], buf, sizeof buf), 0);   /* closed by the module */
     stoa_stream_close(st, 0);
@@ -166,7 +169,7 @@ START_TEST(test_peer_close_frees)
     ck_assert(stoa_stream_reserve(st));
     stoa_stream_add(st, sv[0], stoa_stream_new_id(st), NULL, 0, true, true, &ops, &s);
     close(sv[1]);
-    ck_assert(wait_for(&s.freed));
+    ck_assert(wait_released(st, &s));
     ck_assert_int_eq(atomic_load(&given_back_fd), -1);
     ck_assert_uint_eq(stoa_stream_count(st), 0);
     stoa_stream_close(st, 0);
@@ -231,7 +234,7 @@ START_TEST(test_backpressure_in_order)
         pos += k;
     }
     ck_assert_int_eq(expect, N);
-    ck_assert(wait_for(&s.freed));
+    ck_assert(wait_released(st, &s));
     stoa_stream_close(st, 0);
     stoa_stream_free(st);
     free(all);
@@ -254,7 +257,7 @@ START_TEST(test_stalled_reader_dropped)
     stoa_stream_wake(st, id);
     usleep(200 * 1000);
     ck_assert(!atomic_load(&s.freed));   /* not yet */
-    ck_assert(wait_for(&s.freed));
+    ck_assert(wait_released(st, &s));
     ck_assert_int_eq(atomic_load(&given_back_fd), -1);
     ck_assert_uint_eq(stoa_stream_count(st), 0);
     stoa_stream_close(st, 0);
