@@ -22,10 +22,9 @@
 
 /* Messages of a session's backlog sent at once at most (one write). */
 #define WRITE_BURST 32
-/* A backlog is framed into one buffer of this size per shard and sent with
- * one write; a WebSocket frame header is at most 10 bytes. */
+/* A backlog's frames are copied into one buffer of this size per shard
+ * and sent with one write. */
 #define COALESCE_BYTES 65536
-#define FRAME_HEADER_MAX 10
 
 typedef struct conn {
     struct shard *sh;         /* its service thread; NULL while free (in the shard's pool) */
@@ -83,15 +82,15 @@ typedef struct shard {
     struct lws_context *ctx;
     struct lws_vhost *vh;
     lws_sorted_usec_list_t sweep;   /* the keepalive sweep's timer */
-    unsigned char *wbuf;      /* LWS_PRE + COALESCE_BYTES: a backlog's frames (this thread) */
+    unsigned char *wbuf;      /* COALESCE_BYTES: a backlog's frames (this thread) */
     pthread_t thread;
     bool started;
     conn_slab_t *slabs;       /* every connection (this shard's thread only) */
     conn_t *free_conns;
     size_t nconns;            /* established, of this shard */
     taken_t *out;             /* drain_queues' sends (this thread) */
-    size_t opened_since_trim; /* connections established since sweep's last stoa_heap_trim */
     size_t nout, capout;
+    size_t opened_since_trim; /* connections established since sweep's last stoa_heap_trim */
     pthread_mutex_t mu;       /* guards the two queues */
     int *adopt_q;
     size_t nadopt, capadopt;
@@ -390,50 +389,60 @@ static int write_msg(struct lws *wsi, stoa_msg_t *msg)
     return n < (int)len ? -1 : 0;
 }
 
-/* Copy msg's frame to out; returns its length (at most stoa_msg_len(msg)
- * + FRAME_HEADER_MAX). */
-static size_t frame_into(unsigned char *out, const stoa_msg_t *msg)
-{
-    size_t len;
-    const unsigned char *frame = stoa_msg_ws_frame(msg, &len);
-    memcpy(out, frame, len);
-    return len;
-}
-
 static int write_raw(shard_t *sh, struct lws *wsi, size_t used)
 {
-    return used && lws_write(wsi, sh->wbuf + LWS_PRE, used, LWS_WRITE_RAW) < (int)used ? -1 : 0;
+    return used && lws_write(wsi, sh->wbuf, used, LWS_WRITE_RAW) < (int)used ? -1 : 0;
 }
 
 /* A backlog (the reader, or this thread, fell behind): first and up to
  * WRITE_BURST - 1 more of the session's messages, taken under one hub
- * lock, framed into the shard's buffer and sent with one write instead of
- * one each (a message too large for the buffer goes by itself, in order).
- * What the socket does not take at once lws keeps and sends first (at most
- * one such batch: the next comes only once it is out). Sets *more when
- * messages still wait. Takes first. */
-static int write_backlog(conn_t *c, struct lws *wsi, stoa_msg_t *first, bool *more)
+ * lock, their frames copied into the shard's buffer and sent with one
+ * write instead of one each (a message too large for the buffer goes by
+ * itself, in order).
+ * What the socket does not take at once lws keeps and sends first; once
+ * it keeps some, nothing more is written (lws would queue it behind and
+ * report only what left of the bytes it held): the messages not yet
+ * written are given back to the session (stoa_session_untake) and go out
+ * once lws has sent what it holds. Sets *more when messages still wait.
+ * Takes first, whose seq is seq. */
+static int write_backlog(conn_t *c, struct lws *wsi, stoa_msg_t *first, uint64_t seq, bool *more)
 {
     shard_t *sh = c->sh;
     stoa_msg_t *batch[WRITE_BURST];
-    size_t n = 1, used = 0;
+    size_t n = 1, used = 0, stop;
+    uint64_t next_seq = 0;   /* batch[1]'s, then consecutive */
     int rc = 0;
 
     batch[0] = first;
-    n += stoa_session_take(c->sess, c, batch + 1, WRITE_BURST - 1, NULL, NULL, more);
-    for (size_t i = 0; i < n; i++) {
-        size_t need = stoa_msg_len(batch[i]) + FRAME_HEADER_MAX;
-        if (rc == 0 && need > COALESCE_BYTES - used) {
+    n += stoa_session_take(c->sess, c, batch + 1, WRITE_BURST - 1, &next_seq, NULL, more);
+    stop = n;   /* batch[stop..] were not written */
+    for (size_t i = 0; i < n && rc == 0 && stop == n; i++) {
+        size_t need;
+        const unsigned char *frame = stoa_msg_ws_frame(batch[i], &need);
+        if (need > COALESCE_BYTES - used) {
             rc = write_raw(sh, wsi, used);
             used = 0;
+            if (rc == 0 && lws_partial_buffered(wsi)) {
+                stop = i;
+                break;
+            }
         }
-        if (rc == 0 && need > COALESCE_BYTES)
-            rc = write_msg(wsi, stoa_msg_ref(batch[i]));
-        else if (rc == 0)
-            used += frame_into(sh->wbuf + LWS_PRE + used, batch[i]);
-        stoa_msg_unref(batch[i]);
+        if (need <= COALESCE_BYTES) {
+            memcpy(sh->wbuf + used, frame, need);
+            used += need;
+        } else if ((rc = write_msg(wsi, stoa_msg_ref(batch[i]))) == 0 && lws_partial_buffered(wsi)) {
+            stop = i + 1;
+        }
     }
-    return rc == 0 ? write_raw(sh, wsi, used) : rc;
+    if (rc == 0 && stop == n)
+        rc = write_raw(sh, wsi, used);
+    if (rc == 0 && stop < n) {
+        stoa_session_untake(c->sess, c, stop == 0 ? seq : next_seq + (stop - 1));
+        *more = true;
+    }
+    for (size_t i = 0; i < n; i++)
+        stoa_msg_unref(batch[i]);
+    return rc;
 }
 
 /* Send what the session has now: the next message from its shared buffer
@@ -443,12 +452,13 @@ static int write_backlog(conn_t *c, struct lws *wsi, stoa_msg_t *first, bool *mo
 static int send_pending(conn_t *c, struct lws *wsi, bool *gone)
 {
     bool more = false;
-    stoa_msg_t *msg = stoa_session_next_more(c->sess, c, NULL, gone, &more);
+    uint64_t seq = 0;
+    stoa_msg_t *msg = stoa_session_next_more(c->sess, c, &seq, gone, &more);
     if (!msg)
         return 0;
     if (!more)
         return write_msg(wsi, msg);
-    return write_backlog(c, wsi, msg, &more) < 0 ? -1 : more;
+    return write_backlog(c, wsi, msg, seq, &more) < 0 ? -1 : more;
 }
 
 /* Returns -1 to close the connection. */
@@ -515,6 +525,7 @@ static int on_writable(conn_t *c, struct lws *wsi)
 static void take_for(shard_t *sh, conn_t *c)
 {
     bool gone = false, more = false;
+    uint64_t seq = 0;
     stoa_msg_t *msg;
     if (c->in_batch) {
         c->rewake = true;
@@ -524,14 +535,14 @@ static void take_for(shard_t *sh, conn_t *c)
         lws_callback_on_writable(c->wsi);
         return;
     }
-    msg = stoa_session_next_more(c->sess, c, NULL, &gone, &more);
+    msg = stoa_session_next_more(c->sess, c, &seq, &gone, &more);
     if (!msg) {
         if (gone)   /* the writable callback closes it */
             lws_callback_on_writable(c->wsi);
         return;
     }
     if (more) {
-        if (write_backlog(c, c->wsi, msg, &more) < 0)
+        if (write_backlog(c, c->wsi, msg, seq, &more) < 0)
             lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         else if (more)
             lws_callback_on_writable(c->wsi);
@@ -717,7 +728,7 @@ static bool shard_init(stoa_ws_t *ws, shard_t *sh, char *err, size_t errlen)
 
     sh->ws = ws;
     pthread_mutex_init(&sh->mu, NULL);
-    sh->wbuf = stoa_xmalloc(LWS_PRE + COALESCE_BYTES);
+    sh->wbuf = stoa_xmalloc(COALESCE_BYTES);
     /* lws on its own polls every descriptor with poll() on each round:
      * with thousands of connections that costs more than the writes (see
      * docs/benchmarks.md). On libev's epoll backend a round costs only the
