@@ -4,7 +4,7 @@
 // another thread, keepalive, shutdown.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { useStoa, itStopsCleanly, roomPresence } from './lib/stoa.mjs';
+import { useStoa, itStopsCleanly, roomPresence, sleep } from './lib/stoa.mjs';
 
 describe('ws_threads 3', () => {
   const srv = useStoa(['--ws-threads', '3', '--ephemeral-burst', '1000', '--session-grace-ms', '10000']);
@@ -83,8 +83,9 @@ describe('ws_threads 3', () => {
 });
 
 describe('a backlog goes out framed in batches', () => {
+  // A buffer large enough that nothing is dropped for a resync.
   const srv = useStoa(['--max-message-bytes', '200000', '--ephemeral-burst', '100000', '--ephemeral-per-min', '6000000',
-    '--session-buffer-msgs', '5000']);
+    '--session-buffer-msgs', '5000', '--session-buffer-bytes', '67108864']);
 
   it('3,000 messages sent at once, small and over 64 KiB mixed, arrive whole, once each, in order', async () => {
     const a = await srv.client();
@@ -111,6 +112,33 @@ describe('a backlog goes out framed in batches', () => {
       if (n % 500 === 7) assert.equal(m.data, big(n), `message ${n}`);
       else assert.deepEqual(m.data, { n }, `message ${n}`);
     });
+    assert.deepEqual(a.peek((m) => m.type === 'resync' || m.type === 'error'), []);
+    await Promise.all([a.close(), b.close()]);
+  });
+
+  // When the socket fills partway through a backlog's batches, the
+  // batches not yet written go back to the session and follow once lws
+  // has sent what it kept (write_backlog).
+  it('a backlog larger than the socket buffers: all arrive whole, once each, in order', async () => {
+    const a = await srv.client();
+    await a.join('doc:flood');
+    const b = await srv.client();
+    await b.join('doc:flood');
+    await a.next('peer_joined');
+    const N = 300;
+    const text = (n) => `${n}:` + 'z'.repeat(30000);   // 9 MB in all, past what loopback buffers
+    a.ws._socket.pause();
+    try {
+      for (let n = 0; n < N; n++) b.send({ type: 'ephemeral', room: 'doc:flood', data: text(n) });
+      await b.sync();
+      await sleep(200);   // let the server fill the socket
+    } finally {
+      a.ws._socket.resume();
+    }
+    await a.sync(30000);   // fails if the server dropped the connection
+    const got = a.received.filter((m) => m.type === 'ephemeral');
+    assert.equal(got.length, N);
+    got.forEach((m, n) => assert.equal(m.data, text(n), `message ${n}`));
     assert.deepEqual(a.peek((m) => m.type === 'resync' || m.type === 'error'), []);
     await Promise.all([a.close(), b.close()]);
   });
