@@ -13,11 +13,13 @@
 #include "stoa/util.h"
 #include "stoa/wire.h"
 
+#include <errno.h>
 #include <ev.h>
 #include <libwebsockets.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /* Messages of a session's backlog sent at once at most (one write). */
@@ -35,13 +37,14 @@ typedef struct conn {
     stoa_session_t *sess;     /* our reference; NULL before auth or after close */
     char *rx;                 /* reassembly of a fragmented message */
     size_t rxlen, rxcap;
-    bool rx_too_big, rx_binary;
     stoa_msg_t *hello;        /* the welcome, sent before the session's messages */
     stoa_msg_t *last_words;   /* sent before closing when there is no session */
+    int64_t last_rx_ms;       /* the last data or pong from the client */
     int close_code;
+    int fd;                   /* the socket, lws's (send_frame writes to it) */
+    bool rx_too_big, rx_binary;
     bool peer_closed;         /* the client sent a close frame: it is leaving */
     bool going_away;          /* shutting down: send a notice, then close 1001 */
-    int64_t last_rx_ms;       /* the last data or pong from the client */
     bool ping_due, ping_sent; /* keepalive (sweep() below) */
     bool in_batch, rewake;    /* in sh->out; woken again meanwhile (drain_queues) */
 } conn_t;
@@ -304,6 +307,7 @@ static void on_established(shard_t *sh, struct lws *wsi)
     conn_t *c = conn_new(sh);
     c->sh = sh;
     c->wsi = wsi;
+    c->fd = lws_get_socket_fd(wsi);
     c->last_rx_ms = stoa_now_ms();
     lws_set_opaque_user_data(wsi, c);
     sh->nconns++;
@@ -387,6 +391,36 @@ static int write_msg(struct lws *wsi, stoa_msg_t *msg)
     int n = lws_write(wsi, (unsigned char *)frame, len, LWS_WRITE_RAW);
     stoa_msg_unref(msg);
     return n < (int)len ? -1 : 0;
+}
+
+/* send_taken's write of one message: its frame straight to the socket,
+ * without lws (whose write path reads a dozen fields of its connection
+ * state, a cache miss or two per recipient in a large room). Only when lws
+ * holds no unsent bytes of the connection (take_for checked), so nothing
+ * overtakes them; what the socket does not take goes to lws, which keeps
+ * it and sends it first. Takes msg. */
+static int send_frame(conn_t *c, stoa_msg_t *msg)
+{
+    size_t len, done = 0;
+    const unsigned char *frame = stoa_msg_ws_frame(msg, &len);
+    int rc = 0;
+    while (done < len) {
+        ssize_t n = send(c->fd, frame + done, len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            done += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            rc = lws_write(c->wsi, (unsigned char *)frame + done, len - done, LWS_WRITE_RAW) < (int)(len - done)
+                     ? -1 : 0;
+            break;
+        } else {
+            rc = -1;   /* a socket error: the caller closes the connection */
+            break;
+        }
+    }
+    stoa_msg_unref(msg);
+    return rc;
 }
 
 static int write_raw(shard_t *sh, struct lws *wsi, size_t used)
@@ -562,7 +596,7 @@ static void send_taken(shard_t *sh)
     for (size_t i = 0; i < sh->nout; i++) {
         conn_t *c = sh->out[i].conn;
         c->in_batch = false;
-        if (write_msg(c->wsi, sh->out[i].msg) < 0)
+        if (send_frame(c, sh->out[i].msg) < 0)
             lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         else if (c->rewake)
             take_for(sh, c);
