@@ -87,12 +87,18 @@ describe('a backlog goes out framed in batches', () => {
   const srv = useStoa(['--max-message-bytes', '200000', '--ephemeral-burst', '100000', '--ephemeral-per-min', '6000000',
     '--session-buffer-msgs', '5000', '--session-buffer-bytes', '67108864']);
 
-  it('3,000 messages sent at once, small and over 64 KiB mixed, arrive whole, once each, in order', async () => {
+  /** Two peers in room: a (the reader) has seen b join. */
+  async function pairIn(room) {
     const a = await srv.client();
-    await a.join('doc:burst');
+    await a.join(room);
     const b = await srv.client();
-    await b.join('doc:burst');
+    await b.join(room);
     await a.next('peer_joined');
+    return [a, b];
+  }
+
+  it('3,000 messages sent at once, small and over 64 KiB mixed, arrive whole, once each, in order', async () => {
+    const [a, b] = await pairIn('doc:burst');
     const big = (n) => `${n}:` + 'y'.repeat(100000);
     // a reads nothing while b sends: the messages wait in a's buffer and
     // go out as one backlog when a reads again.
@@ -120,11 +126,7 @@ describe('a backlog goes out framed in batches', () => {
   // batches not yet written go back to the session and follow once lws
   // has sent what it kept (write_backlog).
   it('a backlog larger than the socket buffers: all arrive whole, once each, in order', async () => {
-    const a = await srv.client();
-    await a.join('doc:flood');
-    const b = await srv.client();
-    await b.join('doc:flood');
-    await a.next('peer_joined');
+    const [a, b] = await pairIn('doc:flood');
     const N = 300;
     const text = (n) => `${n}:` + 'z'.repeat(30000);   // 9 MB in all, past what loopback buffers
     a.ws._socket.pause();
