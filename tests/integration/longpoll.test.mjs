@@ -2,10 +2,9 @@
 // batch upstream (POST /v1/sessions/{id}/messages).
 import { describe, it, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { useStoa, itStopsCleanly, sleep, waitFor } from './lib/stoa.mjs';
 import {
-  closeAll, createSession, deleteSession, getSession, poll, postMessages, postOk, request, Poller, track,
+  closeAll, createSession, deleteSession, getSession, poll, postMessages, postOk, rawConn, request, Poller,
   transportCounts, observerSessions,
 } from './lib/sessions.mjs';
 
@@ -306,19 +305,6 @@ describe('long-poll: poll_max_bytes', () => {
 
   itStopsCleanly(srv);
 });
-
-/** A raw HTTP/1.1 connection: write requests, read everything (text). */
-function rawConn(srv) {
-  const sock = net.connect(srv.port, '127.0.0.1');
-  const c = { sock, data: '', closed: false };
-  sock.setEncoding('utf8');
-  sock.on('data', (d) => { c.data += d; });
-  sock.on('close', () => { c.closed = true; });
-  sock.on('error', () => {});
-  c.until = (pred, what, timeoutMs = 8000) => waitFor(() => pred(c.data), { timeoutMs, what });
-  c.close = () => sock.destroy();
-  return track(c);
-}
 
 /** The complete HTTP responses (Content-Length bodies) in text: [{head, body}]. */
 function responses(text) {

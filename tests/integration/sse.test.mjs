@@ -8,7 +8,7 @@ import net from 'node:net';
 import { EventSource } from 'eventsource';
 import { useStoa, itStopsCleanly, sleep, waitFor } from './lib/stoa.mjs';
 import {
-  Inbox, SseStream, Poller, track, closeAll, createSession, deleteSession, getSession, postOk, postMessages,
+  Inbox, SseStream, Poller, track, closeAll, createSession, deleteSession, getSession, postOk, postMessages, rawConn,
   transportCounts, observerSessions,
 } from './lib/sessions.mjs';
 
@@ -383,19 +383,6 @@ describe('SSE: a client that vanishes', () => {
 
   itStopsCleanly(srv);
 });
-
-/** A raw HTTP/1.1 connection: write requests, read everything (text). */
-function rawConn(srv) {
-  const sock = net.connect(srv.port, '127.0.0.1');
-  const c = { sock, data: '', closed: false };
-  sock.setEncoding('utf8');
-  sock.on('data', (d) => { c.data += d; });
-  sock.on('close', () => { c.closed = true; });
-  sock.on('error', () => {});
-  c.until = (pred, what) => waitFor(() => pred(c.data), { timeoutMs: 8000, what });
-  c.close = () => sock.destroy();
-  return track(c);
-}
 
 describe('SSE: streams outside libmicrohttpd', () => {
   afterEach(closeAll);

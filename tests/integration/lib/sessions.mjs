@@ -8,8 +8,9 @@
 //   const lp = Poller.start(srv, s.session);             // polls after=0, then after=last_seq
 //   await lp.next('room_state');
 import http from 'node:http';
+import net from 'node:net';
 import assert from 'node:assert/strict';
-import { Inbox } from './stoa.mjs';
+import { Inbox, waitFor } from './stoa.mjs';
 
 export { Inbox };
 
@@ -315,4 +316,18 @@ export class Poller extends Inbox {
   close() {
     return this.stop();
   }
+}
+
+/** A raw HTTP/1.1 connection (tracked for closeAll): write requests, read
+ * everything as text; until(pred, what, timeoutMs) waits for pred(data). */
+export function rawConn(srv) {
+  const sock = net.connect(srv.port, '127.0.0.1');
+  const c = { sock, data: '', closed: false };
+  sock.setEncoding('utf8');
+  sock.on('data', (d) => { c.data += d; });
+  sock.on('close', () => { c.closed = true; });
+  sock.on('error', () => {});
+  c.until = (pred, what, timeoutMs = 8000) => waitFor(() => pred(c.data), { timeoutMs, what });
+  c.close = () => sock.destroy();
+  return track(c);
 }
