@@ -7,6 +7,7 @@
  * calling the hub, so the lock order hub -> qlock is the only one.
  */
 #include "stoa/bus.h"
+#include "stoa/jsontext.h"
 #include "stoa/log.h"
 #include "stoa/proto.h"
 #include "stoa/util.h"
@@ -507,137 +508,9 @@ static bool send_fetch(stoa_bus_t *bus)
 
 #define MAX_DEPTH (STOA_PROTO_MAX_DEPTH + 8)
 
-static const char *skip_ws(const char *p, const char *end)
-{
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
-        p++;
-    return p;
-}
-
 static bool is_digit(char c)
 {
     return c >= '0' && c <= '9';
-}
-
-static bool is_hex(char c)
-{
-    return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
-
-/* After the JSON string starting at p (a quote), or NULL. */
-static const char *skip_string(const char *p, const char *end)
-{
-    for (p++; p < end; p++) {
-        unsigned char c = (unsigned char)*p;
-        if (c == '"')
-            return p + 1;
-        if (c < 0x20)
-            return NULL;
-        if (c == '\\') {
-            if (++p >= end)
-                return NULL;
-            switch (*p) {
-            case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
-                break;
-            case 'u':
-                if (end - p < 5 || !is_hex(p[1]) || !is_hex(p[2]) || !is_hex(p[3]) || !is_hex(p[4]))
-                    return NULL;
-                p += 4;
-                break;
-            default:
-                return NULL;
-            }
-        }
-    }
-    return NULL;
-}
-
-static const char *skip_digits(const char *p, const char *end)
-{
-    if (p >= end || !is_digit(*p))
-        return NULL;
-    while (p < end && is_digit(*p))
-        p++;
-    return p;
-}
-
-/* A number as json-c writes it: JSON's, and also what its parser takes
- * and keeps as written ("1.", NaN, Infinity, -Infinity). */
-static const char *skip_number(const char *p, const char *end)
-{
-    if (p < end && *p == '-')
-        p++;
-    if (end - p >= 8 && memcmp(p, "Infinity", 8) == 0)
-        return p + 8;
-    if (p < end && *p == '0')
-        p++;
-    else if (!(p = skip_digits(p, end)))
-        return NULL;
-    if (p < end && *p == '.')
-        for (p++; p < end && is_digit(*p); p++)
-            ;
-    if (p < end && (*p == 'e' || *p == 'E')) {
-        p++;
-        if (p < end && (*p == '+' || *p == '-'))
-            p++;
-        if (!(p = skip_digits(p, end)))
-            return NULL;
-    }
-    return p;
-}
-
-/* After the JSON value at p (whitespace before it skipped), or NULL when
- * there is no well-formed one (nested at most depth deep) before end. */
-static const char *skip_value(const char *p, const char *end, int depth)
-{
-    p = skip_ws(p, end);
-    if (p >= end)
-        return NULL;
-    switch (*p) {
-    case '"':
-        return skip_string(p, end);
-    case '{':
-    case '[': {
-        bool obj = *p == '{';
-        char close = obj ? '}' : ']';
-        if (depth <= 0)
-            return NULL;
-        p = skip_ws(p + 1, end);
-        if (p < end && *p == close)
-            return p + 1;
-        for (;;) {
-            if (obj) {
-                p = skip_ws(p, end);
-                if (p >= end || *p != '"' || !(p = skip_string(p, end)))
-                    return NULL;
-                p = skip_ws(p, end);
-                if (p >= end || *p != ':')
-                    return NULL;
-                p++;
-            }
-            if (!(p = skip_value(p, end, depth - 1)))
-                return NULL;
-            p = skip_ws(p, end);
-            if (p >= end)
-                return NULL;
-            if (*p == close)
-                return p + 1;
-            if (*p != ',')
-                return NULL;
-            p++;
-        }
-    }
-    case 't':
-        return end - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
-    case 'f':
-        return end - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
-    case 'n':
-        return end - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
-    case 'N':
-        return end - p >= 3 && memcmp(p, "NaN", 3) == 0 ? p + 3 : NULL;
-    default:
-        return skip_number(p, end);
-    }
 }
 
 /* Whether the STOA_BUS_INSTANCE_LEN bytes at p are letters and digits. */
@@ -670,7 +543,7 @@ static const char *room_data(const char *p, const char *end, stoa_hub_bus_event_
     if (!LIT(p, end, P))
         return NULL;
     p += sizeof P - 1;
-    q = skip_value(p, end, MAX_DEPTH);
+    q = stoa_json_skip(p, end, MAX_DEPTH);
     if (!q || q >= end || *q != '}')
         return NULL;
     ev->obj = NULL;
@@ -751,7 +624,7 @@ static bool split_events(stoa_bus_t *bus, inbound_t *in, const char *p, const ch
         if (!q)
             q = pub_text(p, end, &ev);
         if (!q) {
-            if (!(q = skip_value(p, end, MAX_DEPTH)) || !(ev.obj = parse(bus, p, (size_t)(q - p))))
+            if (!(q = stoa_json_skip(p, end, MAX_DEPTH)) || !(ev.obj = parse(bus, p, (size_t)(q - p))))
                 return false;
             if (!json_object_is_type(ev.obj, json_type_object)) {
                 json_object_put(ev.obj);
@@ -759,7 +632,7 @@ static bool split_events(stoa_bus_t *bus, inbound_t *in, const char *p, const ch
             }
         }
         add_event(in, &ev);
-        p = skip_ws(q, end);
+        p = stoa_json_ws(q, end);
         if (p < end && *p++ != ',')
             return false;
         if (p == end && p[-1] == ',')
@@ -782,7 +655,7 @@ static bool decode(stoa_bus_t *bus, inbound_t *in, const char *text, size_t len)
         memcpy(in->origin, p, STOA_BUS_INSTANCE_LEN);
         in->origin[STOA_BUS_INSTANCE_LEN] = '\0';
         p += STOA_BUS_INSTANCE_LEN;
-        if (LIT(p, end, S) && (q = skip_digits(p + sizeof S - 1, end)) && q - p < (ptrdiff_t)(sizeof S - 1 + 20)) {
+        if (LIT(p, end, S) && (q = stoa_json_digits(p + sizeof S - 1, end)) && q - p < (ptrdiff_t)(sizeof S - 1 + 20)) {
             in->seq = strtoull(p + sizeof S - 1, NULL, 10);
             p = q;
             if (LIT(p, end, E) && len >= 2 && end[-2] == ']' && end[-1] == '}' && p + sizeof E - 1 <= end - 2) {
@@ -795,7 +668,7 @@ static bool decode(stoa_bus_t *bus, inbound_t *in, const char *text, size_t len)
                 in->nev = 0;
                 in->ready = in->snap = in->bye = false;
             }
-            if (LIT(p, end, X) && (q = skip_digits(p + sizeof X - 1, end)) && q == end - 1 && *q == '}') {
+            if (LIT(p, end, X) && (q = stoa_json_digits(p + sizeof X - 1, end)) && q == end - 1 && *q == '}') {
                 in->row = strtoll(p + sizeof X - 1, NULL, 10);
                 return in->row > 0;
             }

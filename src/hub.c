@@ -1083,13 +1083,12 @@ stoa_err_t stoa_hub_heartbeat(stoa_session_t *s, const char *room_name, json_obj
     return err;
 }
 
-stoa_err_t stoa_hub_ephemeral(stoa_session_t *s, const char *room_name, json_object *data, json_object *id,
-                              char *why, size_t whylen)
+stoa_err_t stoa_hub_ephemeral_text(stoa_session_t *s, const char *room_name, const char *data, size_t data_len,
+                                   json_object *id, char *why, size_t whylen)
 {
     stoa_hub_t *hub = s->hub;
     membership_t *m;
     stoa_msg_t *msg;
-    json_object *ev;
     stoa_err_t err;
 
     hub_lock(hub);
@@ -1102,21 +1101,24 @@ stoa_err_t stoa_hub_ephemeral(stoa_session_t *s, const char *room_name, json_obj
     if (m->room->ndirty)   /* presence sent before it goes out before it */
         hub_flush_room(hub, m->room, stoa_now_ms());
     if (has_local_recipient(m->room, s)) {   /* else no one here reads it: not encoded */
-        msg = stoa_wire_ephemeral(m->room->name, s->peer, s->user, data);
+        msg = stoa_wire_ephemeral_text(m->room->name, s->peer, s->user, data, data_len);
         hub_broadcast(m->room, s, msg);
         stoa_msg_unref(msg);
     }
-    if (hub->bus_ops) {   /* other instances hear of it */
-        ev = json_object_new_object();
-        json_object_object_add(ev, "t", json_object_new_string("eph"));
-        json_object_object_add(ev, "p", json_object_new_string(s->peer));
-        json_object_object_add(ev, "room", json_object_new_string(room_name));
-        json_object_object_add(ev, "data", json_object_get(data));
-        hub_emit(hub, ev);
-    }
+    hub_emit_ephemeral(hub, s->peer, m->room->name, data, data_len);   /* other instances hear of it */
     ack(s, id);
 out:
     hub_unlock(hub);
+    return err;
+}
+
+stoa_err_t stoa_hub_ephemeral(stoa_session_t *s, const char *room_name, json_object *data, json_object *id,
+                              char *why, size_t whylen)
+{
+    char *text = NULL;
+    size_t cap = 0, len = stoa_json_encode(data, &text, &cap);
+    stoa_err_t err = stoa_hub_ephemeral_text(s, room_name, text, len, id, why, whylen);
+    free(text);
     return err;
 }
 

@@ -189,6 +189,11 @@ void hub_add_wake(stoa_hub_t *hub, const stoa_transport_ops_t *ops, void *transp
  * what it holds references to (a membership's state, which
  * stoa_hub_presence changes in place) may change after the call. */
 void hub_emit(stoa_hub_t *hub, json_object *ev);
+/* Under the hub lock: emit {"t":"eph","p":peer,"room":room,"data":data}
+ * as hub_emit would encode it, from data already encoded (data_len bytes,
+ * as stoa_json_encode writes it); room is a valid room name (nothing in it
+ * to escape), peer a peer id. A no-op without a bus. */
+void hub_emit_ephemeral(stoa_hub_t *hub, const char *peer, const char *room, const char *data, size_t data_len);
 /* {"t":"sess",...}: everything another instance needs to know of a local
  * session s (and to take it over): a new object. */
 json_object *hub_session_record(stoa_session_t *s);

@@ -32,6 +32,34 @@ void hub_emit(stoa_hub_t *hub, json_object *ev)
     json_object_put(ev);
 }
 
+void hub_emit_ephemeral(stoa_hub_t *hub, const char *peer, const char *room, const char *data, size_t data_len)
+{
+    static const char T1[] = "{\"t\":\"eph\",\"p\":\"", T2[] = "\",\"room\":\"", T3[] = "\",\"data\":";
+    size_t plen = strlen(peer), rlen = strlen(room), len, need;
+    char *p;
+    if (!hub->bus_ops)
+        return;
+    len = sizeof T1 - 1 + plen + sizeof T2 - 1 + rlen + sizeof T3 - 1 + data_len + 1;
+    need = len + 1;
+    if (hub->emit_cap < need) {
+        hub->emit_buf = stoa_xrealloc(hub->emit_buf, need);
+        hub->emit_cap = need;
+    }
+#define PUT(src, n) (memcpy(p, (src), (n)), p += (n))
+    p = hub->emit_buf;
+    PUT(T1, sizeof T1 - 1);
+    PUT(peer, plen);
+    PUT(T2, sizeof T2 - 1);
+    PUT(room, rlen);
+    PUT(T3, sizeof T3 - 1);
+    PUT(data, data_len);
+    *p++ = '}';
+    *p = '\0';
+#undef PUT
+    hub->bus_ops->emit(hub->bus, hub->emit_buf, len);
+    hub->bus_kick = true;
+}
+
 json_object *hub_session_record(stoa_session_t *s)
 {
     json_object *o = json_object_new_object(), *rooms = json_object_new_object();
@@ -432,15 +460,11 @@ static void apply_pub_text(stoa_hub_t *hub, const stoa_hub_bus_event_t *ev)
 
 /* An ephemeral message left as text by the bus (ev->obj NULL): as the
  * "eph" case of apply_event, with the client message spliced from the
- * texts (what stoa_wire_ephemeral would encode, byte for byte) instead of
- * built as a json-c tree and encoded. */
+ * texts (stoa_wire_ephemeral_text) instead of built as a json-c tree and
+ * encoded. */
 static bool apply_eph_text(stoa_hub_t *hub, const char *origin, const stoa_hub_bus_event_t *ev)
 {
-    static const char T1[] = "{\"type\":\"ephemeral\",\"room\":\"", T2[] = "\",\"from\":\"", T3[] = "\",\"user\":",
-                      T4[] = ",\"data\":";
-    char peer[STOA_PEER_ID_LEN + 1], roombuf[512], textbuf[8192], *room = roombuf, *text = textbuf, *p;
-    const char *user;
-    size_t ulen, len;
+    char peer[STOA_PEER_ID_LEN + 1], roombuf[512], *room = roombuf;
     bool missing = false;
     stoa_session_t *s;
     membership_t *m;
@@ -461,26 +485,7 @@ static bool apply_eph_text(stoa_hub_t *hub, const char *origin, const stoa_hub_b
         return true;   /* it joined in an event we missed */
     if (m->room->ndirty)
         hub_flush_room(hub, m->room, stoa_now_ms());
-    user = json_object_to_json_string_length(s->user, JSON_C_TO_STRING_PLAIN, &ulen);
-    len = sizeof T1 - 1 + ev->room_len + sizeof T2 - 1 + STOA_PEER_ID_LEN + sizeof T3 - 1 + ulen + sizeof T4 - 1 +
-          ev->data_len + 1;
-    if (len > sizeof textbuf)
-        text = stoa_xmalloc(len);
-#define PUT(src, n) (memcpy(p, (src), (n)), p += (n))
-    p = text;
-    PUT(T1, sizeof T1 - 1);
-    PUT(ev->room, ev->room_len);
-    PUT(T2, sizeof T2 - 1);
-    PUT(s->peer, STOA_PEER_ID_LEN);
-    PUT(T3, sizeof T3 - 1);
-    PUT(user, ulen);
-    PUT(T4, sizeof T4 - 1);
-    PUT(ev->data, ev->data_len);
-    *p++ = '}';
-#undef PUT
-    msg = stoa_msg_new(text, (size_t)(p - text));
-    if (text != textbuf)
-        free(text);
+    msg = stoa_wire_ephemeral_text(m->room->name, s->peer, s->user, ev->data, ev->data_len);
     hub_broadcast(m->room, s, msg);
     stoa_msg_unref(msg);
     return false;

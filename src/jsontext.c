@@ -160,3 +160,186 @@ size_t stoa_json_encode(json_object *v, char **buf, size_t *cap)
     return e.len;
 }
 
+
+/* ---- scanning ----
+ *
+ * One recursive scanner, in two modes: well-formed (the bus's payloads,
+ * whitespace allowed, numbers as json-c takes them) and canonical (the
+ * text the encoder above would write for json-c's parse of it). */
+
+const char *stoa_json_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static bool is_hex(char c)
+{
+    return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* After the JSON string starting at p (a quote), or NULL. Canonical: only
+ * the escapes enc_str writes, and '/' always escaped. */
+static const char *scan_string(const char *p, const char *end, bool canon)
+{
+    for (p++; p < end; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"')
+            return p + 1;
+        if (c < 0x20 || (c == '/' && canon))
+            return NULL;
+        if (c == '\\') {
+            if (++p >= end)
+                return NULL;
+            switch (*p) {
+            case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+                break;
+            case 'u':   /* decoded by json-c, and not written back alike */
+                if (canon || end - p < 5 || !is_hex(p[1]) || !is_hex(p[2]) || !is_hex(p[3]) || !is_hex(p[4]))
+                    return NULL;
+                p += 4;
+                break;
+            default:
+                return NULL;
+            }
+        }
+    }
+    return NULL;
+}
+
+const char *stoa_json_digits(const char *p, const char *end)
+{
+    if (p >= end || !is_digit(*p))
+        return NULL;
+    while (p < end && is_digit(*p))
+        p++;
+    return p;
+}
+
+/* A number. Well-formed: JSON's, and also what json-c's parser takes and
+ * keeps as written ("1.", NaN, Infinity, -Infinity). Canonical: JSON's
+ * grammar; an integer (json-c re-prints it) of at most 18 digits and not
+ * -0, so that it prints back as written. */
+static const char *scan_number(const char *p, const char *end, bool canon)
+{
+    const char *start = p, *int_end;
+    bool neg = p < end && *p == '-', frac = false;
+    if (neg)
+        p++;
+    if (!canon && end - p >= 8 && memcmp(p, "Infinity", 8) == 0)
+        return p + 8;
+    if (p < end && *p == '0')
+        p++;
+    else if (!(p = stoa_json_digits(p, end)))
+        return NULL;
+    int_end = p;
+    if (p < end && *p == '.') {
+        frac = true;
+        for (p++; p < end && is_digit(*p); p++)
+            ;
+        if (canon && p[-1] == '.')
+            return NULL;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        frac = true;
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        if (!(p = stoa_json_digits(p, end)))
+            return NULL;
+    }
+    if (canon && !frac && (int_end - start - neg > 18 || (neg && int_end[-1] == '0' && int_end - start == 2)))
+        return NULL;
+    return p;
+}
+
+static const char *scan_value(const char *p, const char *end, int depth, bool canon);
+
+/* After the object or array at p ('{' or '['), or NULL. Canonical: no
+ * whitespace, and an object's keys all different. */
+static const char *scan_container(const char *p, const char *end, int depth, bool canon)
+{
+    bool obj = *p == '{';
+    char close = obj ? '}' : ']';
+    const char *keys[STOA_JSON_CANONICAL_KEYS];
+    size_t key_len[STOA_JSON_CANONICAL_KEYS], nkeys = 0;
+
+    if (depth <= 0)
+        return NULL;
+    p = canon ? p + 1 : stoa_json_ws(p + 1, end);
+    if (p < end && *p == close)
+        return p + 1;
+    for (;;) {
+        if (obj) {
+            const char *key = canon ? p : (p = stoa_json_ws(p, end));
+            if (p >= end || *p != '"' || !(p = scan_string(p, end, canon)))
+                return NULL;
+            if (canon) {
+                if (nkeys == STOA_JSON_CANONICAL_KEYS)
+                    return NULL;
+                for (size_t i = 0; i < nkeys; i++)   /* one spelling per key: equal text is an equal key */
+                    if (key_len[i] == (size_t)(p - key) && memcmp(keys[i], key, key_len[i]) == 0)
+                        return NULL;
+                keys[nkeys] = key;
+                key_len[nkeys++] = (size_t)(p - key);
+            } else {
+                p = stoa_json_ws(p, end);
+            }
+            if (p >= end || *p != ':')
+                return NULL;
+            p++;
+        }
+        if (!(p = scan_value(p, end, depth - 1, canon)))
+            return NULL;
+        if (!canon)
+            p = stoa_json_ws(p, end);
+        if (p >= end)
+            return NULL;
+        if (*p == close)
+            return p + 1;
+        if (*p != ',')
+            return NULL;
+        p++;
+    }
+}
+
+static const char *scan_value(const char *p, const char *end, int depth, bool canon)
+{
+    if (!canon)
+        p = stoa_json_ws(p, end);
+    if (p >= end)
+        return NULL;
+    switch (*p) {
+    case '"':
+        return scan_string(p, end, canon);
+    case '{':
+    case '[':
+        return scan_container(p, end, depth, canon);
+    case 't':
+        return end - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
+    case 'f':
+        return end - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
+    case 'n':
+        return end - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+    case 'N':
+        return !canon && end - p >= 3 && memcmp(p, "NaN", 3) == 0 ? p + 3 : NULL;
+    default:
+        return scan_number(p, end, canon);
+    }
+}
+
+const char *stoa_json_skip(const char *p, const char *end, int depth)
+{
+    return scan_value(p, end, depth, false);
+}
+
+const char *stoa_json_canonical(const char *p, const char *end, int depth)
+{
+    return scan_value(p, end, depth, true);
+}

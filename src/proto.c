@@ -1,5 +1,6 @@
 /* proto.c - decoding and dispatching client messages. */
 #include "stoa/proto.h"
+#include "stoa/jsontext.h"
 #include "stoa/wire.h"
 
 #include <pthread.h>
@@ -233,12 +234,132 @@ out:
     return err;
 }
 
+/* ---- ephemeral messages from their text ----
+ *
+ * Most client messages are ephemeral ones, many a second per peer. One in
+ * the form clients write is handled from its text, without a json-c tree,
+ * and its data relayed as it came: the keys type ("ephemeral"), room, data
+ * and perhaps id, each once and no other; the room and a string id with
+ * nothing escaped; an integer id of at most 18 digits; data canonical
+ * (stoa_json_canonical: the text json-c's parse would encode back to).
+ * Anything else goes through json-c, whose parse decides what is valid.
+ * Both ways give the same replies and the same bytes to the room. */
+
+/* Data nested at most this deep is taken from its text: json-c's limit
+ * allows this much inside the message object. */
+#define FAST_DATA_DEPTH (STOA_PROTO_MAX_DEPTH - 1)
+
+typedef struct {
+    const char *p;   /* NULL: absent */
+    size_t n;
+} span_t;
+
+/* After the JSON string at p (a quote) when nothing in it is escaped, with
+ * its contents in *out; NULL otherwise. */
+static const char *plain_string(const char *p, const char *end, span_t *out)
+{
+    const char *start = ++p;
+    for (; p < end; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') {
+            *out = (span_t){start, (size_t)(p - start)};
+            return p + 1;
+        }
+        if (c == '\\' || c < 0x20)
+            return NULL;
+    }
+    return NULL;
+}
+
+/* After the integer at p (as json-c prints it back), or NULL. */
+static const char *plain_int(const char *p, const char *end, span_t *out)
+{
+    const char *q = stoa_json_canonical(p, end, 0);
+    if (!q || (*p != '-' && (*p < '0' || *p > '9')))
+        return NULL;
+    for (const char *c = p + 1; c < q; c++)
+        if (*c < '0' || *c > '9')
+            return NULL;   /* a fraction or exponent: a double */
+    *out = (span_t){p, (size_t)(q - p)};
+    return q;
+}
+
+static bool span_is(span_t s, const char *lit)
+{
+    return s.n == strlen(lit) && memcmp(s.p, lit, s.n) == 0;
+}
+
+/* Handle text when it is an ephemeral message in the form above: true,
+ * with the outcome in *err. false: not in that form (nothing was done). */
+static bool handle_ephemeral_text(stoa_session_t *sess, const char *text, size_t len, stoa_err_t *err)
+{
+    const char *p = stoa_json_ws(text, text + len), *end = text + len;
+    span_t type = {0}, room = {0}, data = {0}, id = {0};
+    bool id_is_string = false;
+    char roombuf[256], why[256] = "";
+    json_object *id_obj = NULL;
+
+    if (p >= end || *p++ != '{')
+        return false;
+    for (;;) {
+        span_t key, *field;
+        p = stoa_json_ws(p, end);
+        if (p >= end || *p != '"' || !(p = plain_string(p, end, &key)))
+            return false;
+        p = stoa_json_ws(p, end);
+        if (p >= end || *p++ != ':')
+            return false;
+        p = stoa_json_ws(p, end);
+        if (p >= end)
+            return false;
+        field = span_is(key, "type") ? &type : span_is(key, "room") ? &room : span_is(key, "data") ? &data
+              : span_is(key, "id")  ? &id : NULL;
+        if (!field || field->p)
+            return false;   /* another key, or one twice */
+        if (field == &data) {
+            const char *q = stoa_json_canonical(p, end, FAST_DATA_DEPTH);
+            if (!q)
+                return false;
+            data = (span_t){p, (size_t)(q - p)};
+            p = q;
+        } else if (*p == '"') {
+            if (!(p = plain_string(p, end, field)))
+                return false;
+            id_is_string |= field == &id;
+        } else if (field != &id || !(p = plain_int(p, end, &id))) {
+            return false;
+        }
+        p = stoa_json_ws(p, end);
+        if (p >= end)
+            return false;
+        if (*p == '}')
+            break;
+        if (*p++ != ',')
+            return false;
+    }
+    if (stoa_json_ws(p + 1, end) != end || !span_is(type, "ephemeral") || !room.p || !data.p ||
+        room.n >= sizeof roombuf || (id_is_string && id.n > STOA_PROTO_MAX_ID))
+        return false;
+    memcpy(roombuf, room.p, room.n);
+    roombuf[room.n] = '\0';
+    if (id.p)
+        id_obj = id_is_string ? json_object_new_string_len(id.p, (int)id.n)
+                              : json_object_new_int64(strtoll(id.p, NULL, 10));
+    *err = stoa_hub_ephemeral_text(sess, roombuf, data.p, data.n, id_obj, why, sizeof why);
+    if (*err)
+        stoa_proto_error(sess, *err, why, id_obj, roombuf);
+    json_object_put(id_obj);
+    return true;
+}
+
 stoa_err_t stoa_proto_handle(stoa_session_t *sess, const char *text, size_t len)
 {
     json_object *msg = NULL;
     char why[256] = "";
     stoa_err_t err;
 
+    if (handle_ephemeral_text(sess, text, len, &err))
+        return err;
     if (len == 0 || parse(text, len, &msg, why, sizeof why) < 0) {
         stoa_proto_error(sess, STOA_ERR_BAD_JSON, len ? why : "empty message", NULL, NULL);
         return STOA_ERR_BAD_JSON;

@@ -155,19 +155,26 @@ stoa_msg_t *stoa_wire_pong(json_object *id)
     return finish(o);
 }
 
-/* ---- presence from encoded states ---- */
+/* ---- messages from encoded parts ---- */
 
-/* A growing byte buffer for the text encoders. */
+/* A growing byte buffer for the text encoders; it may start in a buffer
+ * on the caller's stack (stack, cap bytes). */
 typedef struct {
     char *p;
     size_t len, cap;
+    char *stack;
 } tbuf_t;
 
 static void tb_put(tbuf_t *b, const char *s, size_t n)
 {
     if (b->len + n > b->cap) {
         b->cap = (b->len + n) * 2 + 64;
-        b->p = stoa_xrealloc(b->p, b->cap);
+        if (b->p && b->p == b->stack) {   /* off the caller's stack */
+            b->p = stoa_xmalloc(b->cap);
+            memcpy(b->p, b->stack, b->len);
+        } else {
+            b->p = stoa_xrealloc(b->p, b->cap);
+        }
     }
     memcpy(b->p + b->len, s, n);
     b->len += n;
@@ -199,13 +206,14 @@ slow: {
 static stoa_msg_t *tb_msg(tbuf_t *b)
 {
     stoa_msg_t *m = stoa_msg_new(b->p, b->len);
-    free(b->p);
+    if (b->p != b->stack)
+        free(b->p);
     return m;
 }
 
 stoa_msg_t *stoa_wire_presence_text(const char *room, const stoa_wire_state_t *st)
 {
-    tbuf_t b = {NULL, 0, 0};
+    tbuf_t b = {NULL, 0, 0, NULL};
     TB_LIT(&b, "{\"type\":\"presence\",\"room\":");
     tb_str(&b, room);
     TB_LIT(&b, ",\"peer\":");
@@ -218,7 +226,7 @@ stoa_msg_t *stoa_wire_presence_text(const char *room, const stoa_wire_state_t *s
 
 stoa_msg_t *stoa_wire_presence_batch_text(const char *room, const stoa_wire_state_t *peers, size_t n)
 {
-    tbuf_t b = {NULL, 0, 0};
+    tbuf_t b = {NULL, 0, 0, NULL};
     size_t est = 64 + strlen(room);
     for (size_t i = 0; i < n; i++)
         est += 32 + strlen(peers[i].peer) + peers[i].state_len;
@@ -237,6 +245,25 @@ stoa_msg_t *stoa_wire_presence_batch_text(const char *room, const stoa_wire_stat
         TB_LIT(&b, "}");
     }
     TB_LIT(&b, "]}");
+    return tb_msg(&b);
+}
+
+stoa_msg_t *stoa_wire_ephemeral_text(const char *room, const char *from, json_object *user, const char *data,
+                                     size_t data_len)
+{
+    char stack[4096];
+    tbuf_t b = {stack, 0, sizeof stack, stack};
+    size_t ulen = 0;
+    const char *utext = json_object_to_json_string_length(user, JSON_C_TO_STRING_PLAIN, &ulen);
+    TB_LIT(&b, "{\"type\":\"ephemeral\",\"room\":");
+    tb_str(&b, room);
+    TB_LIT(&b, ",\"from\":");
+    tb_str(&b, from);
+    TB_LIT(&b, ",\"user\":");
+    tb_put(&b, utext, ulen);
+    TB_LIT(&b, ",\"data\":");
+    tb_put(&b, data, data_len);
+    TB_LIT(&b, "}");
     return tb_msg(&b);
 }
 

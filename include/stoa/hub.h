@@ -140,6 +140,11 @@ stoa_err_t stoa_hub_heartbeat(stoa_session_t *sess, const char *room, json_objec
                               size_t whylen);
 stoa_err_t stoa_hub_ephemeral(stoa_session_t *sess, const char *room, json_object *data, json_object *id,
                               char *why, size_t whylen);
+/* The same with data as text: data_len bytes (borrowed) of JSON as
+ * stoa_json_encode writes it (stoa_json_canonical text is), relayed as
+ * they are. */
+stoa_err_t stoa_hub_ephemeral_text(stoa_session_t *sess, const char *room, const char *data, size_t data_len,
+                                   json_object *id, char *why, size_t whylen);
 
 /* Integrator operations (callers have checked the API key).
  * Publish a server `message` {room, data} to every peer of room (data

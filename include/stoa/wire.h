@@ -47,6 +47,11 @@ typedef struct stoa_wire_state {
 } stoa_wire_state_t;
 stoa_msg_t *stoa_wire_presence_text(const char *room, const stoa_wire_state_t *st);
 stoa_msg_t *stoa_wire_presence_batch_text(const char *room, const stoa_wire_state_t *peers, size_t n);
+/* stoa_wire_ephemeral from data already encoded (data_len bytes of JSON
+ * text as stoa_json_encode writes it, borrowed), byte for byte the same.
+ * room and from are plain strings. */
+stoa_msg_t *stoa_wire_ephemeral_text(const char *room, const char *from, json_object *user, const char *data,
+                                     size_t data_len);
 
 /* Encode obj (borrowed) as a message. */
 stoa_msg_t *stoa_wire_encode(json_object *obj);

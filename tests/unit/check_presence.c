@@ -1,5 +1,4 @@
 /* check_presence.c - unit tests of presence.c: RFC 7386 merge-patch. */
-#include "stoa/jsontext.h"
 #include "stoa/presence.h"
 #include "stoa/wire.h"
 
@@ -279,55 +278,6 @@ START_TEST(test_wire_presence_text)
 }
 END_TEST
 
-/* The encoder writes what json-c writes, byte for byte. */
-static void check_encode(json_object *v)
-{
-    char *buf = NULL;
-    size_t cap = 0, len = stoa_json_encode(v, &buf, &cap);
-    const char *want = v ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN) : "null";
-    ck_assert_msg(strcmp(buf, want) == 0, "encode: %s, json-c: %s", buf, want);
-    ck_assert_uint_eq(len, strlen(want));
-    ck_assert_uint_gt(cap, len);
-    free(buf);
-}
-
-START_TEST(test_encode_like_json_c)
-{
-    static const char *const texts[] = {
-        "{}", "[]", "null", "true", "false", "0", "-1", "9223372036854775807", "-9223372036854775808",
-        "18446744073709551615", "9223372036854775808", "1.5", "0.1", "1e300", "-0.0", "1.0", "123456789.125",
-        "\"\"", "\"plain\"", "\"a/b\\\\c\\\"d\\b\\f\\n\\r\\t\\u0001\\u001f\\u007f\\u00e9\\u2603\\ud83d\\ude00\"",
-        "{\"t\":1763797040123456789,\"cursor\":{\"x\":1,\"y\":2}}",
-        "{\"a\":[1,null,true,{\"b\":[]},\"x\"],\"k/\\\"ey\":{\"\":0},\"d\":-2.5e-3}",
-        "[[[[{\"deep\":[1,[2,[3]]]}]]]]",
-    };
-    char all[130];
-    json_object *o;
-    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
-        json_object *v = strcmp(texts[i], "null") == 0 ? NULL : json_tokener_parse(texts[i]);
-        ck_assert_msg(v || strcmp(texts[i], "null") == 0, "does not parse: %s", texts[i]);
-        check_encode(v);
-        json_object_put(v);
-    }
-    /* every byte from 1 to 127 in a string and in a key; doubles made by
-     * json-c rather than parsed; a string with a NUL inside */
-    for (int c = 1; c < 128; c++)
-        all[c - 1] = (char)c;
-    all[127] = '\0';
-    o = json_object_new_object();
-    json_object_object_add(o, all, json_object_new_string(all));
-    json_object_object_add(o, "d1", json_object_new_double(0.1));
-    json_object_object_add(o, "d2", json_object_new_double(1e21));
-    json_object_object_add(o, "d3", json_object_new_double(3.0));
-    json_object_object_add(o, "u", json_object_new_uint64(UINT64_MAX));
-    json_object_object_add(o, "i", json_object_new_int(-7));
-    json_object_object_add(o, "nul", json_object_new_string_len("a\0b", 3));
-    json_object_object_add(o, "n", NULL);
-    check_encode(o);
-    json_object_put(o);
-}
-END_TEST
-
 static Suite *presence_suite(void)
 {
     Suite *s = suite_create("presence");
@@ -340,7 +290,6 @@ static Suite *presence_suite(void)
     tcase_add_test(tc, test_size);
     tcase_add_test(tc, test_inplace_rfc7386);
     tcase_add_test(tc, test_wire_presence_text);
-    tcase_add_test(tc, test_encode_like_json_c);
     suite_add_tcase(s, tc);
     return s;
 }

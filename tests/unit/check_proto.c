@@ -78,10 +78,15 @@ static void check_welcome(stoa_session_t *s, stoa_msg_t *w)
     stoa_msg_unref(w);
 }
 
+/* Set by a fixture that sends many ephemeral messages. */
+static bool big_burst;
+
 static void setup(void)
 {
     stoa_msg_t *w = NULL;
     cfg = stoa_config_new();
+    if (big_burst)
+        cfg->ephemeral_burst = 100000;
     hub = stoa_hub_new(cfg);
     wakes = 0;
     sess_seq = other_seq = 0;
@@ -96,8 +101,15 @@ static void setup(void)
     ck_assert_ptr_null(next(other));
 }
 
+static void setup_big_burst(void)
+{
+    big_burst = true;
+    setup();
+}
+
 static void teardown(void)
 {
+    big_burst = false;
     stoa_hub_close(sess, STOA_LEFT_DISCONNECT);
     stoa_hub_close(other, STOA_LEFT_DISCONNECT);
     stoa_session_unref(sess);
@@ -471,6 +483,126 @@ START_TEST(test_session_stays_open)
 }
 END_TEST
 
+/* The text of the one message queued for s (a copy, freed by the
+ * caller), or NULL when there is none. */
+static char *take_text(stoa_session_t *s)
+{
+    stoa_msg_t *m = next(s);
+    char *text = m ? stoa_xstrdup(stoa_msg_text(m)) : NULL;
+    if (m)
+        stoa_msg_unref(m);
+    expect_empty(s);
+    return text;
+}
+
+static void same_text(const char *what, const char *text, const char *a, const char *b)
+{
+    ck_assert_msg((a == NULL) == (b == NULL), "%s: %s, then %s, for %s", what, a ? a : "nothing",
+                  b ? b : "nothing", text);
+    if (a)
+        ck_assert_msg(strcmp(a, b) == 0, "%s: %s, then %s, for %s", what, a, b, text);
+}
+
+/* text handled as it came (from its text when an ephemeral message is in
+ * the clients' form) and through a json-c tree (stoa_proto_parse, then
+ * stoa_proto_handle_json) returns the same, sends the room the same bytes
+ * and the sender the same reply. */
+static void same_both_ways(const char *text)
+{
+    char why[256], *room_a, *reply_a, *room_b, *reply_b;
+    json_object *msg;
+    stoa_err_t a = handle(text), b;
+    room_a = take_text(other);
+    reply_a = take_text(sess);
+    msg = stoa_proto_parse(text, strlen(text), why, sizeof why);
+    ck_assert_msg(msg != NULL, "json-c does not parse %s: %s", text, why);
+    b = stoa_proto_handle_json(sess, msg, NULL);
+    json_object_put(msg);
+    room_b = take_text(other);
+    reply_b = take_text(sess);
+    ck_assert_msg(a == b, "%s, then %s, for %s", stoa_err_name(a), stoa_err_name(b), text);
+    same_text("to the room", text, room_a, room_b);
+    same_text("to the sender", text, reply_a, reply_b);
+    free(room_a);
+    free(reply_a);
+    free(room_b);
+    free(reply_b);
+}
+
+START_TEST(test_ephemeral_from_text)
+{
+    static const char *const texts[] = {
+        /* in the clients' form (the text path) */
+        ("{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":{\"x\":1,\"y\":-2,\"s\":\"a\\/b\\\"c\\\\d\\n\","
+         "\"f\":1.50,\"e\":-2.5E+3,\"n\":null,\"t\":true,\"a\":[],\"o\":{}}}"),
+        "{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":\"hi\",\"id\":7}",
+        "{\"id\":\"req-1/x\",\"data\":0,\"room\":\"doc:1\",\"type\":\"ephemeral\"}",
+        "{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":null,\"id\":-12}",
+        " {\n \"type\" : \"ephemeral\" ,\t\"room\":\"doc:1\", \"data\": [1,2] } \r\n",
+        "{\"type\":\"ephemeral\",\"room\":\"doc:2\",\"data\":1,\"id\":9}",         /* NOT_IN_ROOM */
+        "{\"type\":\"ephemeral\",\"room\":\"no room\",\"data\":1}",               /* BAD_ROOM */
+        "{\"type\":\"ephemeral\",\"room\":\"doc:a/b\",\"data\":1,\"id\":\"r\"}",
+        "{\"type\":\"ephemeral\",\"room\":\"\",\"data\":{}}",
+        /* not in that form: through json-c */
+        "{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":{\"x\": 1}}",
+        "{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":\"a/b\"}",
+        "{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":\"\\u00e9\\u0001\"}",
+        "{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":[-0,1234567890123456789]}",
+        "{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":{\"a\":1,\"b\":2,\"a\":3}}",
+        "{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":1,\"id\":1.5}",
+        "{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":1,\"id\":true}",
+        "{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":1,\"id\":\"a\\\"b\"}",
+        "{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":1,\"from\":\"forged\"}",
+        "{\"type\":\"ephem\\u0065ral\",\"room\":\"doc:1\",\"data\":1}",
+        "{\"type\":\"ephemeral\",\"room\":\"doc\\u003a1\",\"data\":1}",
+        "{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":1,\"room\":\"doc:2\"}",
+        "{\"type\":\"ephemeral\",\"room\":\"doc:1\"}",
+        "{\"type\":\"ephemeral\",\"room\":7,\"data\":1}",
+        "{\"type\":\"ephemeral\",\"data\":1}",
+    };
+    char text[512];
+    size_t n;
+    ck_assert_int_eq(handle("{\"type\":\"join\",\"room\":\"doc:1\"}"), STOA_OK);
+    {
+        const char *join = "{\"type\":\"join\",\"room\":\"doc:1\"}";
+        ck_assert_int_eq(stoa_proto_handle(other, join, strlen(join)), STOA_OK);
+    }
+    drain(sess);
+    drain(other);
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++)
+        same_both_ways(texts[i]);
+    /* a string id of STOA_PROTO_MAX_ID bytes, and one byte more */
+    for (int extra = 0; extra < 2; extra++) {
+        n = (size_t)snprintf(text, sizeof text, "{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":1,\"id\":\"");
+        memset(text + n, 'i', STOA_PROTO_MAX_ID + extra);
+        n += STOA_PROTO_MAX_ID + (size_t)extra;
+        snprintf(text + n, sizeof text - n, "\"}");
+        same_both_ways(text);
+    }
+    /* data nested up to json-c's limit and past it: the text path takes
+     * nothing json-c refuses, and both ways agree on what it takes */
+    for (int depth = STOA_PROTO_MAX_DEPTH - 2; depth <= STOA_PROTO_MAX_DEPTH + 1; depth++) {
+        char why[256];
+        json_object *msg;
+        n = (size_t)snprintf(text, sizeof text, "{\"type\":\"ephemeral\",\"room\":\"doc:1\",\"data\":");
+        for (int i = 0; i < depth; i++)
+            text[n++] = '[';
+        for (int i = 0; i < depth; i++)
+            text[n++] = ']';
+        snprintf(text + n, sizeof text - n, "}");
+        msg = stoa_proto_parse(text, n + 1, why, sizeof why);
+        if (depth < STOA_PROTO_MAX_DEPTH) {   /* the message object and the arrays: 32 levels */
+            ck_assert_msg(msg != NULL, "depth %d: %s", depth, why);
+            same_both_ways(text);
+        } else {
+            ck_assert_msg(msg == NULL, "depth %d parsed", depth);
+            bad(text, STOA_ERR_BAD_JSON, "BAD_JSON");
+        }
+        json_object_put(msg);
+    }
+}
+END_TEST
+
 static Suite *proto_suite(void)
 {
     Suite *s = suite_create("proto");
@@ -491,6 +623,10 @@ static Suite *proto_suite(void)
     tcase_add_test(tc, test_depth_limit);
     tcase_add_test(tc, test_proto_error);
     tcase_add_test(tc, test_session_stays_open);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("ephemeral_text");
+    tcase_add_checked_fixture(tc, setup_big_burst, teardown);
+    tcase_add_test(tc, test_ephemeral_from_text);
     suite_add_tcase(s, tc);
     return s;
 }
