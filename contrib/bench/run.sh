@@ -73,6 +73,14 @@ say() { printf '== %s\n' "$*" >&2; }
 die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
 want_target() { local t; for t in "${targets[@]}"; do [ "$t" = "$1" ] && return 0; done; return 1; }
 want_run() { [ -z "$only_scenario" ] || [[ "$1" == "$only_scenario"* ]]; }
+# The cross-instance runs: 1x1000 across, and the bus at these rates in all.
+cross_rates="100000 200000 250000 300000"
+want_cross() {
+  local r
+  want_run cross-1x1000-ws && return 0
+  for r in $cross_rates; do want_run "cross-bus-200x1-$((r / 1000))k" && return 0; done
+  return 1
+}
 
 # ---------------------------------------------------------------- install
 if [ "$install" = 1 ]; then
@@ -82,7 +90,7 @@ if [ "$install" = 1 ]; then
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
   if want_target nchan; then pkgs+=(nginx libnginx-mod-nchan); fi
   if want_target nodews && ! command -v npm >/dev/null 2>&1; then pkgs+=(npm); fi
-  if want_target stoa && [ "$quick" = 0 ] && want_run cross; then pkgs+=(postgresql); fi
+  if want_target stoa && [ "$quick" = 0 ] && want_cross; then pkgs+=(postgresql); fi
   missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -456,7 +464,7 @@ start_pair() {
 
 cross_instance() {   # two stoa instances on one PostgreSQL
   local name=cross-1x1000-ws
-  want_run "$name" || want_run cross-bus-200x1-100k || want_run cross-bus-200x1-150k || want_run cross-bus-200x1-200k || return 0
+  want_cross || return 0
   if ! "$BENCH" --help 2>&1 | grep -q -- '--pub-port'; then
     skip stoa "$name" "stoa-bench has no option for a second port (publishers on another instance)"
     return 0
@@ -486,11 +494,11 @@ cross_instance() {   # two stoa instances on one PostgreSQL
     keep_server_logs "stoa-$name"
   fi
   # Bus throughput: 200 rooms, one publisher each on B, one observer each
-  # on A, at 100,000, 150,000 and 200,000 messages/s in all. Two instances and
+  # on A, at 100,000 to 300,000 messages/s in all. Two instances and
   # PostgreSQL share the machine's cores here (nothing pinned, each
   # instance with ws_threads = CPUs); the generator shares them too.
   local total
-  for total in 100000 150000 200000; do
+  for total in $cross_rates; do
     local bname="cross-bus-200x1-$((total / 1000))k"
     want_run "$bname" || continue
     SPREAD=1
