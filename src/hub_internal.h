@@ -30,8 +30,11 @@ typedef struct room room_t;
 typedef struct membership membership_t;
 
 struct membership {
-    room_t *room;
+    /* What hub_broadcast's walk reads, in one cache line: the session and
+     * the next member. */
     stoa_session_t *sess;
+    UT_hash_handle hh_room;      /* in room->members, keyed by sess->peer */
+    room_t *room;
     json_object *state;          /* always an object */
     /* The state's plain JSON text, encoded once per change for the size
      * limit and reused by every presence message it goes into (valid when
@@ -47,9 +50,25 @@ struct membership {
     bool dirty;                  /* state changed since the room's last presence flush */
     bool observer;               /* receives the room's messages, but is not announced, not
                                   * listed and has no presence (join with "observe": true) */
-    UT_hash_handle hh_room;      /* in room->members, keyed by sess->peer */
     UT_hash_handle hh_sess;      /* in sess->rooms, keyed by room->name */
 };
+
+/* Memberships are allocated in slabs of this many (hub.c). */
+#define MEMBERSHIP_SLAB 64
+typedef struct membership_slab {
+    struct membership_slab *next;
+    membership_t m[MEMBERSHIP_SLAB];
+} membership_slab_t;
+
+/* Mark memory that must not be read or written, under ASan. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define STOA_ASAN_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define STOA_ASAN_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define STOA_ASAN_POISON(p, n) ((void)(p), (void)(n))
+#define STOA_ASAN_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 struct room {
     char *name;
@@ -139,6 +158,10 @@ struct stoa_hub {
     char *scratch;               /* a state's text being encoded (stoa_hub_presence), */
     size_t scratch_cap;          /* swapped with the membership's once it fits */
     char *emit_buf;              /* the text of the bus event being emitted (hub_emit) */
+    stoa_session_t **fan;        /* hub_broadcast's recipients, capfan of them (the largest room's size) */
+    size_t capfan;
+    membership_slab_t *mslabs;   /* every membership record (hub.c) */
+    membership_t *mfree;         /* the free ones, linked through their first bytes */
     size_t emit_cap;
     json_object *empty_state;    /* {} shared by every member without a state
                                   * (only a membership's own copy, state_own,

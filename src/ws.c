@@ -93,6 +93,8 @@ typedef struct shard {
     size_t nconns;            /* established, of this shard */
     taken_t *out;             /* drain_queues' sends (this thread) */
     size_t nout, capout;
+    stoa_session_next_req_t *reqs;   /* drain_queues' takes (this thread) */
+    size_t capreqs;
     size_t opened_since_trim; /* connections established since sweep's last stoa_heap_trim */
     pthread_mutex_t mu;       /* guards the two queues */
     int *adopt_q;
@@ -113,6 +115,7 @@ struct stoa_ws {
 };
 
 static void ws_wake(void *transport, stoa_session_t *sess, void *conn);
+static void take_all(shard_t *sh, const pending_wake_t *wakes, size_t nwakes);
 static void take_for(shard_t *sh, conn_t *c);
 static void send_taken(shard_t *sh);
 static void ws_wake_batch(void *transport, stoa_wake_t *wakes, size_t n);
@@ -198,12 +201,9 @@ static void drain_queues(shard_t *sh)
     for (size_t i = 0; i < nfds; i++)
         if (!lws_adopt_socket_vhost(sh->vh, fds[i]))   /* closes the fd on failure */
             STOA_WARN("websocket: could not adopt a connection");
-    for (size_t i = 0; i < nwakes; i++) {
-        conn_t *c = wakes[i].conn;
-        if (c->sh)   /* still open: it learns from the session what happened */
-            take_for(sh, c);
+    take_all(sh, wakes, nwakes);
+    for (size_t i = 0; i < nwakes; i++)
         stoa_session_unref(wakes[i].sess);
-    }
     send_taken(sh);
     free(fds);
     free(wakes);
@@ -548,28 +548,21 @@ static int on_writable(conn_t *c, struct lws *wsi)
     return 0;
 }
 
-/* Shard thread, on a wake: send without asking lws for a writable
- * callback (which costs a round of the event loop and two changes of the
- * descriptor's epoll events per message). Only when the connection has
- * nothing of its own to send first and lws holds no unsent bytes of it;
- * otherwise, and to close, the callback does it. The usual case, one new
- * message, is taken now and kept in sh->out for send_taken; a backlog goes
- * at once. A connection woken again while in sh->out is woken once more
- * after its send. */
-static void take_for(shard_t *sh, conn_t *c)
+/* Whether c can be sent to from the drain: it has nothing of its own to
+ * send first and lws holds no unsent bytes of it. Otherwise its writable
+ * callback is asked for, which does it. */
+static bool direct_ok(conn_t *c)
 {
-    bool gone = false, more = false;
-    uint64_t seq = 0;
-    stoa_msg_t *msg;
-    if (c->in_batch) {
-        c->rewake = true;
-        return;
-    }
     if (!c->sess || c->hello || c->last_words || c->ping_due || c->going_away || lws_partial_buffered(c->wsi)) {
         lws_callback_on_writable(c->wsi);
-        return;
+        return false;
     }
-    msg = stoa_session_next_more(c->sess, c, &seq, &gone, &more);
+    return true;
+}
+
+/* What take_for does with the message it took for c. */
+static void took(shard_t *sh, conn_t *c, stoa_msg_t *msg, uint64_t seq, bool gone, bool more)
+{
     if (!msg) {
         if (gone)   /* the writable callback closes it */
             lws_callback_on_writable(c->wsi);
@@ -588,6 +581,58 @@ static void take_for(shard_t *sh, conn_t *c)
     }
     sh->out[sh->nout++] = (taken_t){c, msg};
     c->in_batch = true;
+}
+
+/* Shard thread, on a wake: send without asking lws for a writable
+ * callback (which costs a round of the event loop and two changes of the
+ * descriptor's epoll events per message). Only when the connection has
+ * nothing of its own to send first and lws holds no unsent bytes of it;
+ * otherwise, and to close, the callback does it. The usual case, one new
+ * message, is taken now and kept in sh->out for send_taken; a backlog goes
+ * at once. A connection woken again while in sh->out is woken once more
+ * after its send. */
+static void take_for(shard_t *sh, conn_t *c)
+{
+    bool gone = false, more = false;
+    uint64_t seq = 0;
+    stoa_msg_t *msg;
+    if (c->in_batch) {
+        c->rewake = true;
+        return;
+    }
+    if (!direct_ok(c))
+        return;
+    msg = stoa_session_next_more(c->sess, c, &seq, &gone, &more);
+    took(sh, c, msg, seq, gone, more);
+}
+
+/* take_for for every connection of a drain's wakes, their messages taken
+ * under one hub lock (stoa_session_next_each). A connection woken twice
+ * is taken for once: the take comes after both wakes. */
+static void take_all(shard_t *sh, const pending_wake_t *wakes, size_t nwakes)
+{
+    enum { AHEAD = 8 };
+    size_t n = 0;
+    if (nwakes > sh->capreqs) {
+        sh->capreqs = nwakes;
+        sh->reqs = stoa_xrealloc(sh->reqs, sh->capreqs * sizeof *sh->reqs);
+    }
+    for (size_t i = 0; i < nwakes; i++) {
+        conn_t *c = wakes[i].conn;
+        if (i + AHEAD < nwakes)   /* the connection records are far apart */
+            __builtin_prefetch(wakes[i + AHEAD].conn, 1);
+        if (!c->sh || c->in_batch || !direct_ok(c))
+            continue;   /* closed since (see conn_slab_t), woken twice, or the callback's */
+        c->in_batch = true;
+        sh->reqs[n++] = (stoa_session_next_req_t){.sess = c->sess, .conn = c};
+    }
+    stoa_session_next_each(sh->reqs, n);
+    for (size_t i = 0; i < n; i++) {
+        stoa_session_next_req_t *r = &sh->reqs[i];
+        conn_t *c = r->conn;
+        c->in_batch = false;
+        took(sh, c, r->msg, r->seq, r->gone, r->more);
+    }
 }
 
 /* Shard thread: the sends take_for kept, in order. */
@@ -814,6 +859,7 @@ static void shard_destroy(shard_t *sh)
     free(sh->wake_q);
     free(sh->wbuf);
     free(sh->out);
+    free(sh->reqs);
     while (sh->slabs) {
         conn_slab_t *next = sh->slabs->next;
         free(sh->slabs);

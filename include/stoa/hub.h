@@ -174,6 +174,18 @@ stoa_msg_t *stoa_session_next(stoa_session_t *sess, void *conn, uint64_t *seq, b
 /* The same, and whether more messages are waiting after it (in *more), so
  * that a transport asks to be called again only when there are. */
 stoa_msg_t *stoa_session_next_more(stoa_session_t *sess, void *conn, uint64_t *seq, bool *gone, bool *more);
+/* stoa_session_next_more for many connections under one hub lock (a
+ * transport's drain of its wakeups): for each t[i], the next message of
+ * t[i].sess (all of this hub) for t[i].conn, as stoa_session_next_more
+ * gives it. */
+typedef struct stoa_session_next_req {
+    stoa_session_t *sess;        /* in (borrowed) */
+    void *conn;                  /* in */
+    stoa_msg_t *msg;             /* out: a reference owned by the caller, or NULL */
+    uint64_t seq;                /* out: msg's seq */
+    bool gone, more;             /* out */
+} stoa_session_next_req_t;
+void stoa_session_next_each(stoa_session_next_req_t *t, size_t n);
 /* The batch form, under one hub lock: up to max messages after the
  * delivery cursor into out[] (references owned by the caller), advancing
  * the cursor past them. Returns how many; their seqs are consecutive, the

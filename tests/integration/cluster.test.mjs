@@ -470,6 +470,7 @@ describe('cluster: two instances on one database', () => {
     const room2 = freshRoom();
     const watchA = await joined(a, room);
     const watchB = await joined(b, room);
+    await watchA.next(is('peer_joined', { peer: watchB.peer }));   // as in the long-poll move below
     const token = await a.token({ sub: 'mover', name: 'Mover', rooms: { 'doc:*': 'rw' } });
     const mover = await peer(a, { token });
     await mover.join(room, { cursor: 1 });
@@ -531,6 +532,9 @@ describe('cluster: two instances on one database', () => {
     const room2 = freshRoom();
     const watchA = await joined(a, room);
     const watchB = await joined(b, room);
+    // A has heard of B's peer before the session joins on A: else the
+    // session's first poll could also hold a peer_joined for it
+    await watchA.next(is('peer_joined', { peer: watchB.peer }));
     const s = await createSession(a);
     await postOk(a, s.session, [{ type: 'join', room, state: { lp: 1 }, id: 1 }, { type: 'join', room: room2, id: 2 }]);
     const first = await poll(a, s.session, { after: 0 });
