@@ -249,19 +249,41 @@ static void prefetch_buffer(const stoa_session_t *s)
     }
 }
 
+/* Queue msg (one of the references hub_broadcast took) for s, unless s
+ * is the sender or not reachable here. Returns whether it did. */
+static bool broadcast_to(stoa_session_t *s, stoa_session_t *except, stoa_msg_t *msg, int64_t now)
+{
+    if (s == except || !s->open || s->origin)
+        return false;
+    enqueue_ref(s, msg, now);
+    return true;
+}
+
 void hub_broadcast(room_t *room, stoa_session_t *except, stoa_msg_t *msg)
 {
-    enum { AHEAD = 16 };
+    enum { AHEAD = 16, SMALL = 64 };
     unsigned bound = HASH_CNT(hh_room, room->members), used = 0, n = 0;
     stoa_session_t **fan;
     stoa_hub_t *hub;
     int64_t now;
     if (!bound)
         return;
-    /* The members' sessions first, into an array: a big room's sessions
-     * and buffers are far apart in memory, and from an array they can be
-     * asked for well before they are needed (the sessions AHEAD on, the
-     * buffers of those half as far on, whose sessions are here by then). */
+    now = stoa_now_ms();
+    /* Every recipient's reference at once (the caller's keeps msg alive
+     * meanwhile), then the unused ones given back: two atomic operations
+     * per fan-out instead of one per recipient. */
+    stoa_msg_ref_n(msg, bound);
+    if (bound <= SMALL) {
+        for (membership_t *m = room->members; m; m = m->hh_room.next)
+            used += broadcast_to(m->sess, except, msg, now);
+        stoa_msg_unref_n(msg, bound - used);   /* never the last: the caller holds one */
+        return;
+    }
+    /* A big room: its members' sessions first, into an array. Their
+     * sessions and buffers are far apart in memory, and from an array
+     * they can be asked for well before they are needed (the sessions
+     * AHEAD on, the buffers of those half as far on, whose sessions are
+     * here by then). */
     hub = room->members->sess->hub;
     if (hub->capfan < bound) {
         hub->capfan = bound;
@@ -270,25 +292,16 @@ void hub_broadcast(room_t *room, stoa_session_t *except, stoa_msg_t *msg)
     fan = hub->fan;
     for (membership_t *m = room->members; m; m = m->hh_room.next)
         fan[n++] = m->sess;
-    now = stoa_now_ms();
-    /* Every recipient's reference at once (the caller's keeps msg alive
-     * meanwhile), then the unused ones given back: two atomic operations
-     * per fan-out instead of one per recipient. */
-    stoa_msg_ref_n(msg, bound);
     for (unsigned i = 0; i < n; i++) {
-        stoa_session_t *s = fan[i];
         if (i + AHEAD < n) {
             __builtin_prefetch(fan[i + AHEAD], 1);
             __builtin_prefetch((char *)fan[i + AHEAD] + 64, 1);
         }
         if (i + AHEAD / 2 < n)
             prefetch_buffer(fan[i + AHEAD / 2]);
-        if (s == except || !s->open || s->origin)
-            continue;
-        enqueue_ref(s, msg, now);
-        used++;
+        used += broadcast_to(fan[i], except, msg, now);
     }
-    stoa_msg_unref_n(msg, bound - used);   /* never the last: the caller holds one */
+    stoa_msg_unref_n(msg, bound - used);
 }
 
 static json_object *peer_entry(membership_t *m)

@@ -158,7 +158,7 @@ struct stoa_hub {
     char *scratch;               /* a state's text being encoded (stoa_hub_presence), */
     size_t scratch_cap;          /* swapped with the membership's once it fits */
     char *emit_buf;              /* the text of the bus event being emitted (hub_emit) */
-    stoa_session_t **fan;        /* hub_broadcast's recipients, capfan of them (the largest room's size) */
+    stoa_session_t **fan;        /* hub_broadcast's recipients in a big room, capfan of them */
     size_t capfan;
     membership_slab_t *mslabs;   /* every membership record (hub.c) */
     membership_t *mfree;         /* the free ones, linked through their first bytes */

@@ -93,8 +93,6 @@ typedef struct shard {
     size_t nconns;            /* established, of this shard */
     taken_t *out;             /* drain_queues' sends (this thread) */
     size_t nout, capout;
-    stoa_session_next_req_t *reqs;   /* drain_queues' takes (this thread) */
-    size_t capreqs;
     size_t opened_since_trim; /* connections established since sweep's last stoa_heap_trim */
     pthread_mutex_t mu;       /* guards the two queues */
     int *adopt_q;
@@ -607,31 +605,32 @@ static void take_for(shard_t *sh, conn_t *c)
 }
 
 /* take_for for every connection of a drain's wakes, their messages taken
- * under one hub lock (stoa_session_next_each). A connection woken twice
- * is taken for once: the take comes after both wakes. */
+ * TAKE_CHUNK connections to a hub lock (stoa_session_next_each; the chunk
+ * bounds both the array and how long the lock is held). A connection
+ * woken twice is taken for once: the take comes after both wakes. */
+#define TAKE_CHUNK 256
 static void take_all(shard_t *sh, const pending_wake_t *wakes, size_t nwakes)
 {
     enum { AHEAD = 8 };
-    size_t n = 0;
-    if (nwakes > sh->capreqs) {
-        sh->capreqs = nwakes;
-        sh->reqs = stoa_xrealloc(sh->reqs, sh->capreqs * sizeof *sh->reqs);
-    }
-    for (size_t i = 0; i < nwakes; i++) {
-        conn_t *c = wakes[i].conn;
-        if (i + AHEAD < nwakes)   /* the connection records are far apart */
-            __builtin_prefetch(wakes[i + AHEAD].conn, 1);
-        if (!c->sh || c->in_batch || !direct_ok(c))
-            continue;   /* closed since (see conn_slab_t), woken twice, or the callback's */
-        c->in_batch = true;
-        sh->reqs[n++] = (stoa_session_next_req_t){.sess = c->sess, .conn = c};
-    }
-    stoa_session_next_each(sh->reqs, n);
-    for (size_t i = 0; i < n; i++) {
-        stoa_session_next_req_t *r = &sh->reqs[i];
-        conn_t *c = r->conn;
-        c->in_batch = false;
-        took(sh, c, r->msg, r->seq, r->gone, r->more);
+    stoa_session_next_req_t reqs[TAKE_CHUNK];
+    size_t i = 0;
+    while (i < nwakes) {
+        size_t n = 0;
+        for (; i < nwakes && n < TAKE_CHUNK; i++) {
+            conn_t *c = wakes[i].conn;
+            if (i + AHEAD < nwakes)   /* the connection records are far apart */
+                __builtin_prefetch(wakes[i + AHEAD].conn, 1);
+            if (!c->sh || c->in_batch || !direct_ok(c))
+                continue;   /* closed since (see conn_slab_t), woken twice, or the callback's */
+            c->in_batch = true;
+            reqs[n++] = (stoa_session_next_req_t){.sess = c->sess, .conn = c};
+        }
+        stoa_session_next_each(reqs, n);
+        for (size_t k = 0; k < n; k++) {
+            conn_t *c = reqs[k].conn;
+            c->in_batch = false;
+            took(sh, c, reqs[k].msg, reqs[k].seq, reqs[k].gone, reqs[k].more);
+        }
     }
 }
 
@@ -859,7 +858,6 @@ static void shard_destroy(shard_t *sh)
     free(sh->wake_q);
     free(sh->wbuf);
     free(sh->out);
-    free(sh->reqs);
     while (sh->slabs) {
         conn_slab_t *next = sh->slabs->next;
         free(sh->slabs);
