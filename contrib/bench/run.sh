@@ -423,13 +423,38 @@ skip() {   # target run reason
 }
 
 # one TARGET RUN-NAME ARGS...: a fresh server, one run, stopped
+# one TARGET RUN-NAME ARGS...: plan a run (a fresh server, one generator
+# run). Runs are made after planning, scenario by scenario: each
+# scenario's targets back to back (Stoa, nchan, Node ws, the ceiling), so
+# that their ratios come from minutes apart, not from either end of the
+# whole run on a machine whose speed drifts.
+plan_names=()          # run names, in the order first planned
+declare -A plan_runs   # run name -> its runs, one per line (SPREAD and the arguments, quoted)
 one() {
-  local t=$1 name=$2
+  local name=$2
   want_run "$name" || return 0
-  start_server "$t"
+  if [ -z "${plan_runs[$name]+x}" ]; then
+    plan_names+=("$name")
+    plan_runs[$name]=""
+  fi
+  plan_runs[$name]+="$(printf '%q ' "$SPREAD" "$@")"$'\n'
+}
+run_one() {   # SPREAD TARGET RUN-NAME ARGS...
+  SPREAD=$1
+  shift
+  start_server "$1"
   gen "$@"
   stop_server
-  keep_server_logs "$t-$name"
+  keep_server_logs "$1-$2"
+  SPREAD=0
+}
+run_planned() {
+  local name line
+  for name in "${plan_names[@]}"; do
+    while IFS= read -r line; do
+      if [ -n "$line" ]; then eval "run_one $line"; fi
+    done <<<"${plan_runs[$name]}"
+  done
 }
 keep_server_logs() {   # run-name: the last server's logs into the logs directory
   local f
@@ -514,7 +539,7 @@ cross_instance() {   # two stoa instances on one PostgreSQL
 
 run_target() {
   local t=$1 tr r
-  say "target $t"
+  say "target $t: its runs planned"
   if [ "$quick" = 1 ]; then
     one "$t" quick-1x50-ws --scenario fanout --transport ws --rooms 1 --subs 50 --pubs 1 --rate 50
     return 0
@@ -553,8 +578,9 @@ run_target() {
 }
 
 for t in "${targets[@]}"; do
-  run_target "$t"
+  run_target "$t"   # plans its runs (the cross-instance ones, Stoa's alone, run at once)
 done
+run_planned
 
 # ---------------------------------------------------------------- report
 node "$here/report.mjs" "$results" >"$report"
