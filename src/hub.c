@@ -711,9 +711,9 @@ stoa_session_t *stoa_hub_open(stoa_hub_t *hub, stoa_identity_t *ident, const sto
     s->user = stoa_wire_frozen(stoa_identity_user_json(ident));   /* ~150 bytes instead of ~1 KB */
     s->open = true;
     s->next_seq = 1;
-    stoa_bucket_init(&s->presence_bucket, cfg->presence_rate, cfg->presence_burst, now);
-    stoa_bucket_init(&s->ephemeral_bucket, cfg->ephemeral_per_min / 60.0, cfg->ephemeral_burst, now);
-    stoa_bucket_init(&s->join_bucket, cfg->join_rate, cfg->join_burst, now);
+    stoa_bucket_init(&s->presence_bucket, cfg->presence_burst, now);
+    stoa_bucket_init(&s->ephemeral_bucket, cfg->ephemeral_burst, now);
+    stoa_bucket_init(&s->join_bucket, cfg->join_burst, now);
     stoa_random_id(s->id, STOA_SESSION_ID_LEN);   /* 165 bits: a bearer secret */
     stoa_digest_hex(s->id, STOA_SESSION_ID_LEN, s->sidh, STOA_HUB_SIDH_LEN);
 
@@ -1034,7 +1034,7 @@ stoa_err_t stoa_hub_join_ex(stoa_session_t *s, const char *room_name, json_objec
         FAIL(STOA_ERR_ROOM_FULL, "%s holds %d peers, the limit", room_name, cfg->max_peers_per_room);
     if (room && observe && room->nobservers >= (unsigned)cfg->max_observers_per_room)
         FAIL(STOA_ERR_ROOM_FULL, "%s holds %d observers, the limit", room_name, cfg->max_observers_per_room);
-    if (!stoa_bucket_take(&s->join_bucket, stoa_now_ms()))
+    if (!stoa_bucket_take(&s->join_bucket, hub->cfg->join_rate, hub->cfg->join_burst, stoa_now_ms()))
         FAIL(STOA_ERR_RATE_LIMITED, "more than %g joins and leaves a second", cfg->join_rate);
     m = hub_add_membership(hub, s, room_name,
                            state ? stoa_presence_merge(NULL, state) : json_object_get(hub->empty_state), observe);
@@ -1089,7 +1089,7 @@ stoa_err_t stoa_hub_leave(stoa_session_t *s, const char *room_name, json_object 
     err = member_of(s, room_name, &m, why, whylen);
     if (err)
         goto out;
-    if (!stoa_bucket_take(&s->join_bucket, stoa_now_ms()))
+    if (!stoa_bucket_take(&s->join_bucket, hub->cfg->join_rate, hub->cfg->join_burst, stoa_now_ms()))
         FAIL(STOA_ERR_RATE_LIMITED, "more than %g joins and leaves a second", hub->cfg->join_rate);
     hub_remove_membership(hub, m, STOA_LEFT_LEAVE);
     ack(s, id);
@@ -1136,7 +1136,8 @@ stoa_err_t stoa_hub_presence(stoa_session_t *s, const char *room_name, json_obje
     if (m->observer)
         FAIL(STOA_ERR_BAD_MESSAGE, "an observer has no presence: join %s without \"observe\" to have one", room_name);
     m->last_seen_ms = stoa_now_ms();
-    if (!stoa_bucket_take(&s->presence_bucket, m->last_seen_ms))
+    if (!stoa_bucket_take(&s->presence_bucket, hub->cfg->presence_rate, hub->cfg->presence_burst,
+                          m->last_seen_ms))
         FAIL(STOA_ERR_RATE_LIMITED, "more than %g presence updates a second", cfg->presence_rate);
     if (!m->state_own) {
         /* A shared state (none yet, or one from the bus): merged into a
@@ -1208,7 +1209,8 @@ stoa_err_t stoa_hub_ephemeral_text(stoa_session_t *s, const char *room_name, con
     if (err)
         goto out;
     m->last_seen_ms = stoa_now_ms();
-    if (!stoa_bucket_take(&s->ephemeral_bucket, m->last_seen_ms))
+    if (!stoa_bucket_take(&s->ephemeral_bucket, hub->cfg->ephemeral_per_min / 60.0,
+                          hub->cfg->ephemeral_burst, m->last_seen_ms))
         FAIL(STOA_ERR_RATE_LIMITED, "more than %g ephemeral messages a minute", hub->cfg->ephemeral_per_min);
     if (m->room->ndirty)   /* presence sent before it goes out before it */
         hub_flush_room(hub, m->room, stoa_now_ms());

@@ -664,9 +664,9 @@ stoa_session_t *stoa_hub_adopt(stoa_hub_t *hub, const char *session_id, bool has
     s->gen++;
     memcpy(s->id, session_id, STOA_SESSION_ID_LEN + 1);
     HASH_ADD(hh_id, hub->by_id, id, STOA_SESSION_ID_LEN, s);
-    stoa_bucket_init(&s->presence_bucket, cfg->presence_rate, cfg->presence_burst, now);
-    stoa_bucket_init(&s->ephemeral_bucket, cfg->ephemeral_per_min / 60.0, cfg->ephemeral_burst, now);
-    stoa_bucket_init(&s->join_bucket, cfg->join_rate, cfg->join_burst, now);
+    stoa_bucket_init(&s->presence_bucket, cfg->presence_burst, now);
+    stoa_bucket_init(&s->ephemeral_bucket, cfg->ephemeral_burst, now);
+    stoa_bucket_init(&s->join_bucket, cfg->join_burst, now);
     /* Numbering continues where the client stands; nothing it missed is
      * here to replay, so it gets a resync and its rooms' state. */
     s->next_seq = has_last_seq && last_seq < UINT64_MAX ? last_seq + 1 : 1;
