@@ -31,13 +31,20 @@ struct stoa_auth {
     stoa_perms_t *anonymous_perms;
 };
 
+stoa_identity_t *stoa_identity_new(const char *sub, const char *name, const char *color)
+{
+    size_t ls = strlen(sub) + 1, ln = strlen(name) + 1, lc = strlen(color) + 1;
+    stoa_identity_t *id = stoa_xcalloc(1, sizeof *id + ls + ln + lc);
+    id->sub = memcpy((char *)(id + 1), sub, ls);
+    id->name = memcpy(id->sub + ls, name, ln);
+    id->color = memcpy(id->name + ln, color, lc);
+    return id;
+}
+
 void stoa_identity_free(stoa_identity_t *id)
 {
     if (!id)
         return;
-    free(id->sub);
-    free(id->name);
-    free(id->color);
     stoa_perms_free(id->perms);
     for (size_t i = 0; i < id->ngroups; i++)
         free(id->groups[i]);
@@ -340,10 +347,7 @@ static stoa_identity_t *identity_from_claims(const stoa_auth_t *a, json_object *
         snprintf(err, errlen, "color must be #rrggbb");
         return NULL;
     }
-    id = stoa_xcalloc(1, sizeof *id);
-    id->sub = stoa_xstrdup(sub);
-    id->name = stoa_xstrdup(name ? name : sub);
-    id->color = stoa_xstrdup(color ? color : color_for(sub));
+    id = stoa_identity_new(sub, name ? name : sub, color ? color : color_for(sub));
     id->exp = exp;
     if (json_object_object_get_ex(claims, "anon", &anon))
         id->anonymous = json_object_get_boolean(anon);
@@ -455,16 +459,14 @@ out:
 
 stoa_identity_t *stoa_auth_anonymous(const stoa_auth_t *a)
 {
-    stoa_identity_t *id = stoa_xcalloc(1, sizeof *id);
+    stoa_identity_t *id;
     char name[STOA_NAME_MAX], color[STOA_COLOR_LEN], rnd[17], sub[32];
     stoa_names_anonymous(name, color);
     stoa_random_id(rnd, 16);
     snprintf(sub, sizeof sub, "anon-%s", rnd);
-    id->sub = stoa_xstrdup(sub);
-    id->name = stoa_xstrdup(name);
-    id->color = stoa_xstrdup(color);
+    id = stoa_identity_new(sub, name, color);
     id->anonymous = true;
-    id->perms = stoa_perms_copy(a->anonymous_perms);
+    id->perms = stoa_perms_ref(a->anonymous_perms);   /* shared, never changed */
     return id;
 }
 

@@ -374,7 +374,8 @@ void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t 
     else
         room->npeers--;
     HASH_DELETE(hh_room, room->members, m);
-    HASH_DELETE(hh_sess, s->rooms, m);
+    DL_DELETE2(s->rooms, m, sess_prev, sess_next);
+    s->nrooms--;
     if (m->dirty)
         room->ndirty--;   /* its pending presence goes with it */
     if (!s->origin && hub->bus_ops) {
@@ -404,9 +405,12 @@ void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t 
 
 membership_t *hub_find_membership(stoa_session_t *s, const char *room)
 {
+    room_t *r;
     membership_t *m = NULL;
-    HASH_FIND(hh_sess, s->rooms, room, strlen(room), m);
-    return m;
+    HASH_FIND_STR(s->hub->rooms, room, r);
+    if (r)
+        HASH_FIND(hh_room, r->members, s->peer, strlen(s->peer), m);
+    return m && m->sess == s ? m : NULL;
 }
 
 membership_t *hub_add_membership(stoa_hub_t *hub, stoa_session_t *s, const char *room_name, json_object *state,
@@ -428,7 +432,8 @@ membership_t *hub_add_membership(stoa_hub_t *hub, stoa_session_t *s, const char 
     m->observer = observer;
     m->last_seen_ms = stoa_now_ms();
     HASH_ADD_KEYPTR(hh_room, room->members, s->peer, strlen(s->peer), m);
-    HASH_ADD_KEYPTR(hh_sess, s->rooms, room->name, strlen(room->name), m);
+    DL_APPEND2(s->rooms, m, sess_prev, sess_next);
+    s->nrooms++;
     if (observer) {
         room->nobservers++;
         return m;
@@ -575,7 +580,7 @@ void hub_resync(stoa_session_t *s, const char *reason)
     uint64_t first = s->next_seq;
     stoa_msg_t *msg;
 
-    for (membership_t *m = s->rooms; m; m = m->hh_sess.next)
+    for (membership_t *m = s->rooms; m; m = m->sess_next)
         json_object_array_add(rooms, json_object_new_string(m->room->name));
     json_object_object_add(o, "type", json_object_new_string("resync"));
     json_object_object_add(o, "seq", json_object_new_int64((int64_t)first));
@@ -585,7 +590,7 @@ void hub_resync(stoa_session_t *s, const char *reason)
     json_object_put(o);
     append(s, msg, now);
     stoa_msg_unref(msg);
-    for (membership_t *m = s->rooms; m; m = m->hh_sess.next) {
+    for (membership_t *m = s->rooms; m; m = m->sess_next) {
         json_object *peers = hub_room_peers(m->room);
         msg = stoa_wire_room_state(m->room->name, peers, NULL);
         json_object_put(peers);
@@ -625,7 +630,7 @@ void hub_close_locked(stoa_session_t *s, stoa_left_reason_t reason)
     membership_t *m, *tmp;
     if (!s->open)
         return;
-    HASH_ITER(hh_sess, s->rooms, m, tmp)
+    DL_FOREACH_SAFE2(s->rooms, m, tmp, sess_next)
         hub_remove_membership(hub, m, reason);
     if (!s->origin && hub->bus_ops) {
         json_object *ev = json_object_new_object();
@@ -1027,7 +1032,7 @@ stoa_err_t stoa_hub_join_ex(stoa_session_t *s, const char *room_name, json_objec
         FAIL(STOA_ERR_PERMISSION_DENIED, "no read permission on %s", room_name);
     if (hub_find_membership(s, room_name))
         FAIL(STOA_ERR_ALREADY_JOINED, "already in %s", room_name);
-    if (HASH_CNT(hh_sess, s->rooms) >= (unsigned)cfg->max_rooms_per_conn)
+    if (s->nrooms >= (unsigned)cfg->max_rooms_per_conn)
         FAIL(STOA_ERR_TOO_MANY_ROOMS, "already in %d rooms, the limit", cfg->max_rooms_per_conn);
     HASH_FIND_STR(hub->rooms, room_name, room);
     if (room && !observe && room->npeers >= (unsigned)cfg->max_peers_per_room)
@@ -1389,7 +1394,7 @@ char *stoa_hub_session_json(stoa_session_t *s)
     json_object_object_add(o, "peer", json_object_new_string(s->peer));
     json_object_object_add(o, "user", json_object_get(s->user));
     json_object_object_add(o, "transport", s->ops ? json_object_new_string(s->ops->name) : NULL);
-    for (membership_t *m = s->rooms; m; m = m->hh_sess.next)
+    for (membership_t *m = s->rooms; m; m = m->sess_next)
         json_object_array_add(rooms, json_object_new_string(m->room->name));
     json_object_object_add(o, "rooms", rooms);
     json_object_object_add(o, "seq", json_object_new_int64((int64_t)(s->next_seq - 1)));

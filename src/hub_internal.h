@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <uthash.h>
+#include <utlist.h>
 /* Most tables here are small (a session's rooms, a room's members; an
  * idle connection has one of each): start them with one bucket instead of
  * uthash's 32. A table doubles its buckets once a chain reaches 10 items,
@@ -50,7 +51,11 @@ struct membership {
     bool dirty;                  /* state changed since the room's last presence flush */
     bool observer;               /* receives the room's messages, but is not announced, not
                                   * listed and has no presence (join with "observe": true) */
-    UT_hash_handle hh_sess;      /* in sess->rooms, keyed by room->name */
+    /* In sess->rooms, in join order (utlist: the head's sess_prev is the
+     * tail). A session is in few rooms (max_rooms_per_conn), so a list
+     * instead of a table: hub_find_membership finds the room, then the
+     * session among its members. */
+    membership_t *sess_prev, *sess_next;
 };
 
 /* Memberships are allocated in slabs of this many (hub.c). */
@@ -123,7 +128,8 @@ struct stoa_session {
      * counts moves between instances: a record with a lower gen is stale. */
     uint64_t gen;
     unsigned mark;               /* snapshot epoch that last listed it */
-    membership_t *rooms;
+    membership_t *rooms;         /* its memberships, in join order (sess_next) */
+    unsigned nrooms;
     stoa_bucket_t presence_bucket, ephemeral_bucket, join_bucket;
     UT_hash_handle hh;           /* in hub->sessions, keyed by peer */
     UT_hash_handle hh_id;        /* in hub->by_id, keyed by id */

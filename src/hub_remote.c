@@ -75,7 +75,7 @@ json_object *hub_session_record(stoa_session_t *s)
     json_object_object_add(o, "perms", stoa_perms_to_json(id->perms));
     json_object_object_add(o, "exp", json_object_new_int64(id->exp));
     /* room -> state; an observer's membership (no state) is false */
-    for (membership_t *m = s->rooms; m; m = m->hh_sess.next)
+    for (membership_t *m = s->rooms; m; m = m->sess_next)
         json_object_object_add(rooms, m->room->name,
                                m->observer ? json_object_new_boolean(false) : json_object_get(m->state));
     json_object_object_add(o, "rooms", rooms);
@@ -179,7 +179,7 @@ static stoa_identity_t *record_identity(stoa_hub_t *hub, json_object *rec, json_
 
     if (!sub || !perms)
         return NULL;
-    id = stoa_xcalloc(1, sizeof *id);
+    id = stoa_identity_new(sub, name ? name : sub, color ? color : "#888888");
     /* A token's grants plus the exact ones for its own rooms (user:, group:). */
     id->perms = stoa_perms_from_json_max(perms, (size_t)hub->cfg->max_room_name_bytes,
                                          STOA_PERM_MAX_PATTERNS + STOA_MAX_GROUPS + 1, err, sizeof err);
@@ -187,9 +187,6 @@ static stoa_identity_t *record_identity(stoa_hub_t *hub, json_object *rec, json_
         free(id);
         return NULL;
     }
-    id->sub = stoa_xstrdup(sub);
-    id->name = stoa_xstrdup(name ? name : sub);
-    id->color = stoa_xstrdup(color ? color : "#888888");
     id->anonymous = json_object_object_get_ex(rec, "anon", &v) && json_object_get_boolean(v);
     id->exp = json_object_object_get_ex(rec, "exp", &v) ? json_object_get_int64(v) : 0;
     return id;
@@ -200,7 +197,7 @@ static stoa_identity_t *record_identity(stoa_hub_t *hub, json_object *rec, json_
 static void set_rooms(stoa_hub_t *hub, stoa_session_t *s, json_object *rooms)
 {
     membership_t *m, *tmp;
-    HASH_ITER(hh_sess, s->rooms, m, tmp) {
+    DL_FOREACH_SAFE2(s->rooms, m, tmp, sess_next) {
         json_object *want = NULL;
         if (!json_object_object_get_ex(rooms, m->room->name, &want) ||
             m->observer != json_object_is_type(want, json_type_boolean))
@@ -616,7 +613,7 @@ char *stoa_hub_remote_session_json(stoa_hub_t *hub, const char *session_id)
         json_object_object_add(o, "user", json_object_get(s->user));
         json_object_object_add(o, "transport", NULL);
         json_object_object_add(o, "instance", json_object_new_string(s->origin));
-        for (membership_t *m = s->rooms; m; m = m->hh_sess.next)
+        for (membership_t *m = s->rooms; m; m = m->sess_next)
             json_object_array_add(rooms, json_object_new_string(m->room->name));
         json_object_object_add(o, "rooms", rooms);
         text = stoa_xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
@@ -672,7 +669,7 @@ stoa_session_t *stoa_hub_adopt(stoa_hub_t *hub, const char *session_id, bool has
     s->next_seq = has_last_seq && last_seq < UINT64_MAX ? last_seq + 1 : 1;
     s->cursor = s->next_seq - 1;
     s->detached_at_ms = now;
-    for (membership_t *m = s->rooms; m; m = m->hh_sess.next)
+    for (membership_t *m = s->rooms; m; m = m->sess_next)
         m->last_seen_ms = now;
     hub_resync(s, "moved");
     hub_emit(hub, hub_session_record(s));   /* the old instance lets go; the others follow */

@@ -3,6 +3,7 @@
 #include "stoa/room.h"
 #include "stoa/util.h"
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@ typedef struct {
 } grant_t;
 
 struct stoa_perms {
+    atomic_uint refs;    /* holders; stoa_perms_free drops one */
     size_t n;
     grant_t *grants;
 };
@@ -48,6 +50,7 @@ stoa_perms_t *stoa_perms_from_json_max(json_object *obj, size_t max_pattern_byte
         return NULL;
     }
     p = stoa_xcalloc(1, sizeof *p);
+    atomic_init(&p->refs, 1);
     p->grants = stoa_xcalloc((size_t)json_object_object_length(obj) + 1, sizeof *p->grants);
     json_object_object_foreach(obj, key, val) {
         grant_t *g = &p->grants[i];
@@ -93,6 +96,7 @@ stoa_perms_t *stoa_perms_parse(const char *text, size_t max_pattern_bytes, char 
 stoa_perms_t *stoa_perms_copy(const stoa_perms_t *perms)
 {
     stoa_perms_t *p = stoa_xcalloc(1, sizeof *p);
+    atomic_init(&p->refs, 1);
     p->n = perms->n;
     p->grants = stoa_xcalloc(perms->n + 1, sizeof *p->grants);
     for (size_t i = 0; i < perms->n; i++) {
@@ -116,9 +120,15 @@ void stoa_perms_grant(stoa_perms_t *perms, const char *room, unsigned rights)
     g->rights = rights;
 }
 
+stoa_perms_t *stoa_perms_ref(stoa_perms_t *perms)
+{
+    atomic_fetch_add_explicit(&perms->refs, 1, memory_order_relaxed);
+    return perms;
+}
+
 void stoa_perms_free(stoa_perms_t *perms)
 {
-    if (!perms)
+    if (!perms || atomic_fetch_sub_explicit(&perms->refs, 1, memory_order_acq_rel) != 1)
         return;
     for (size_t i = 0; i < perms->n; i++)
         free(perms->grants[i].pattern);

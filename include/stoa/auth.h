@@ -19,7 +19,8 @@
 #define STOA_TOKEN_MAX 8192
 
 /* Who a peer is. A plain record; whoever holds one owns it and frees it
- * with stoa_identity_free. */
+ * with stoa_identity_free. One made by stoa_identity_new holds sub, name
+ * and color in its own allocation: they are not to be replaced. */
 typedef struct stoa_identity {
     char *sub;            /* user id */
     char *name;           /* display name */
@@ -36,6 +37,9 @@ typedef struct stoa_identity {
 
 #define STOA_MAX_GROUPS 16
 
+/* A new identity owned by the caller, every other field zero: sub, name
+ * and color (all three required) copied into the one allocation. */
+stoa_identity_t *stoa_identity_new(const char *sub, const char *name, const char *color);
 void stoa_identity_free(stoa_identity_t *id);
 /* {"id","name","color","anonymous"}: a new object owned by the caller. */
 json_object *stoa_identity_user_json(const stoa_identity_t *id);

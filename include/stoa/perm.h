@@ -36,10 +36,15 @@ stoa_perms_t *stoa_perms_from_json_max(json_object *obj, size_t max_pattern_byte
 stoa_perms_t *stoa_perms_parse(const char *text, size_t max_pattern_bytes, char *err, size_t errlen);
 /* A copy owned by the caller. */
 stoa_perms_t *stoa_perms_copy(const stoa_perms_t *perms);
+/* Share perms: one more holder, who drops it with stoa_perms_free (any
+ * thread). A shared set must not change (stoa_perms_grant). Returns perms. */
+stoa_perms_t *stoa_perms_ref(stoa_perms_t *perms);
+/* Drop the caller's hold; the last one frees the set. NULL is ignored. */
 void stoa_perms_free(stoa_perms_t *perms);
 
 /* Add an exact pattern for room with these rights, unless the set
- * already has an exact pattern for it (which then stays as it is). */
+ * already has an exact pattern for it (which then stays as it is). Only
+ * on a set with one holder (not shared with stoa_perms_ref). */
 void stoa_perms_grant(stoa_perms_t *perms, const char *room, unsigned rights);
 
 /* STOA_RIGHT_* bits granted on room (0 when nothing matches). */

@@ -225,10 +225,7 @@ static char *slurp(const char *path, size_t *len)
 static stoa_identity_t *make_ident(const char *sub, const char *name, const char *color, const char *rights)
 {
     char err[256];
-    stoa_identity_t *id = stoa_xcalloc(1, sizeof *id);
-    id->sub = stoa_xstrdup(sub);
-    id->name = stoa_xstrdup(name);
-    id->color = stoa_xstrdup(color);
+    stoa_identity_t *id = stoa_identity_new(sub, name, color);
     id->perms = stoa_perms_parse(rights, 128, err, sizeof err);
     ck_assert_ptr_nonnull(id->perms);
     return id;
@@ -738,6 +735,7 @@ START_TEST(test_anonymous)
     /* Default anonymous_rights {"*":"r"}. */
     ck_assert_uint_eq(stoa_perms_rights(x->perms, "doc:1"), R);
     ck_assert_uint_eq(stoa_perms_rights(x->perms, "anything:x"), R);
+    ck_assert_ptr_eq(x->perms, y->perms);   /* one set, shared */
 
     u = stoa_identity_user_json(x);
     ck_assert_str_eq(json_object_get_string(json_object_object_get(u, "id")), x->sub);

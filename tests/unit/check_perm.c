@@ -243,6 +243,20 @@ START_TEST(test_copy)
 }
 END_TEST
 
+/* A shared set outlives every holder but the last (ASan reports a use
+ * after free or a leak when the count is wrong). */
+START_TEST(test_ref)
+{
+    stoa_perms_t *p = parse_ok("{\"doc:*\":\"rw\"}");
+    ck_assert_ptr_eq(stoa_perms_ref(p), p);
+    ck_assert_ptr_eq(stoa_perms_ref(p), p);
+    stoa_perms_free(p);
+    stoa_perms_free(p);
+    expect(p, "doc:1", RW);   /* one holder left */
+    stoa_perms_free(p);
+}
+END_TEST
+
 static Suite *perm_suite(void)
 {
     Suite *s = suite_create("perm");
@@ -259,6 +273,7 @@ static Suite *perm_suite(void)
     tcase_add_test(tc, test_too_many_patterns);
     tcase_add_test(tc, test_to_json_round_trip);
     tcase_add_test(tc, test_copy);
+    tcase_add_test(tc, test_ref);
     suite_add_tcase(s, tc);
     return s;
 }

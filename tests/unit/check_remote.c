@@ -1439,10 +1439,7 @@ START_TEST(test_record_with_many_grants)
     for (int i = 1; i < STOA_PERM_MAX_PATTERNS; i++)
         len += (size_t)sprintf(rights + len, ",\"x%d:*\":\"r\"", i);
     sprintf(rights + len, "}");
-    id = stoa_xcalloc(1, sizeof *id);
-    id->sub = stoa_xstrdup("ada");
-    id->name = stoa_xstrdup("ada");
-    id->color = stoa_xstrdup("#e6194b");
+    id = stoa_identity_new("ada", "ada", "#e6194b");
     id->perms = stoa_perms_parse(rights, 128, err, sizeof err);
     free(rights);
     ck_assert_msg(id->perms != NULL, "%s", err);

@@ -48,10 +48,7 @@ static HUB_FIXTURE_UNUSED void fixture_hub_setup(void)
 static HUB_FIXTURE_UNUSED stoa_identity_t *fixture_ident(const char *sub, const char *rights, const char *color)
 {
     char err[256];
-    stoa_identity_t *id = stoa_xcalloc(1, sizeof *id);
-    id->sub = stoa_xstrdup(sub);
-    id->name = stoa_xstrdup(sub);
-    id->color = stoa_xstrdup(color);
+    stoa_identity_t *id = stoa_identity_new(sub, sub, color);
     id->anonymous = false;
     id->perms = stoa_perms_parse(rights, 128, err, sizeof err);
     ck_assert_msg(id->perms != NULL, "rights %s: %s", rights, err);
