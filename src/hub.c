@@ -233,7 +233,7 @@ void hub_drop_buffer(stoa_session_t *s)
  * it from the bus). */
 static bool has_local_recipient(room_t *room, stoa_session_t *except)
 {
-    for (membership_t *m = room->members; m; m = m->hh_room.next)
+    for (membership_t *m = room->members; m; m = m->room_next)
         if (m->sess != except && m->sess->open && !m->sess->origin)
             return true;
     return false;
@@ -262,7 +262,7 @@ static bool broadcast_to(stoa_session_t *s, stoa_session_t *except, stoa_msg_t *
 void hub_broadcast(room_t *room, stoa_session_t *except, stoa_msg_t *msg)
 {
     enum { AHEAD = 16, SMALL = 64 };
-    unsigned bound = HASH_CNT(hh_room, room->members), used = 0, n = 0;
+    unsigned bound = room->npeers + room->nobservers, used = 0, n = 0;
     stoa_session_t **fan;
     stoa_hub_t *hub;
     int64_t now;
@@ -274,7 +274,7 @@ void hub_broadcast(room_t *room, stoa_session_t *except, stoa_msg_t *msg)
      * per fan-out instead of one per recipient. */
     stoa_msg_ref_n(msg, bound);
     if (bound <= SMALL) {
-        for (membership_t *m = room->members; m; m = m->hh_room.next)
+        for (membership_t *m = room->members; m; m = m->room_next)
             used += broadcast_to(m->sess, except, msg, now);
         stoa_msg_unref_n(msg, bound - used);   /* never the last: the caller holds one */
         return;
@@ -290,7 +290,7 @@ void hub_broadcast(room_t *room, stoa_session_t *except, stoa_msg_t *msg)
         hub->fan = stoa_xrealloc(hub->fan, bound * sizeof *hub->fan);
     }
     fan = hub->fan;
-    for (membership_t *m = room->members; m; m = m->hh_room.next)
+    for (membership_t *m = room->members; m; m = m->room_next)
         fan[n++] = m->sess;
     for (unsigned i = 0; i < n; i++) {
         if (i + AHEAD < n) {
@@ -316,7 +316,7 @@ static json_object *peer_entry(membership_t *m)
 json_object *hub_room_peers(room_t *room)
 {
     json_object *arr = json_object_new_array();
-    for (membership_t *m = room ? room->members : NULL; m; m = m->hh_room.next)
+    for (membership_t *m = room ? room->members : NULL; m; m = m->room_next)
         if (!m->observer)
             json_object_array_add(arr, peer_entry(m));
     return arr;
@@ -373,7 +373,8 @@ void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t 
         room->nobservers--;
     else
         room->npeers--;
-    HASH_DELETE(hh_room, room->members, m);
+    DL_DELETE2(room->members, m, room_prev, room_next);
+    HASH_DELETE(hh, hub->memberships, m);
     DL_DELETE2(s->rooms, m, sess_prev, sess_next);
     s->nrooms--;
     if (m->dirty)
@@ -403,14 +404,19 @@ void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t 
     }
 }
 
+/* s's membership of room, or NULL. */
+static membership_t *membership_of(stoa_hub_t *hub, room_t *room, stoa_session_t *s)
+{
+    membership_t key = {.room = room, .sess = s}, *m = NULL;
+    HASH_FIND(hh, hub->memberships, &key.room, MEMBERSHIP_KEY_LEN, m);
+    return m;
+}
+
 membership_t *hub_find_membership(stoa_session_t *s, const char *room)
 {
     room_t *r;
-    membership_t *m = NULL;
     HASH_FIND_STR(s->hub->rooms, room, r);
-    if (r)
-        HASH_FIND(hh_room, r->members, s->peer, strlen(s->peer), m);
-    return m && m->sess == s ? m : NULL;
+    return r ? membership_of(s->hub, r, s) : NULL;
 }
 
 membership_t *hub_add_membership(stoa_hub_t *hub, stoa_session_t *s, const char *room_name, json_object *state,
@@ -431,7 +437,8 @@ membership_t *hub_add_membership(stoa_hub_t *hub, stoa_session_t *s, const char 
     m->state = state;
     m->observer = observer;
     m->last_seen_ms = stoa_now_ms();
-    HASH_ADD_KEYPTR(hh_room, room->members, s->peer, strlen(s->peer), m);
+    DL_APPEND2(room->members, m, room_prev, room_next);
+    HASH_ADD(hh, hub->memberships, room, MEMBERSHIP_KEY_LEN, m);
     DL_APPEND2(s->rooms, m, sess_prev, sess_next);
     s->nrooms++;
     if (observer) {
@@ -494,7 +501,7 @@ void hub_flush_room(stoa_hub_t *hub, room_t *room, int64_t now)
         return;
     /* Each state is encoded once per change (usually already, by
      * stoa_hub_presence) and its text copied into the one message. */
-    for (membership_t *m = room->members; m; m = m->hh_room.next) {
+    for (membership_t *m = room->members; m; m = m->room_next) {
         if (!m->dirty)
             continue;
         m->dirty = false;
@@ -689,7 +696,8 @@ void stoa_hub_free(stoa_hub_t *hub)
     hub_unlock(hub);
     json_object_put(hub->limits);
     json_object_put(hub->empty_state);
-    while (hub->mslabs) {   /* every membership went with its session */
+    HASH_CLEAR(hh, hub->memberships);   /* empty by now: every membership went with its session */
+    while (hub->mslabs) {
         membership_slab_t *next = hub->mslabs->next;
         STOA_ASAN_UNPOISON(hub->mslabs, sizeof *hub->mslabs);
         free(hub->mslabs);
@@ -1251,12 +1259,12 @@ void stoa_hub_tick(stoa_hub_t *hub, int64_t now_ms)
 
     hub_lock(hub);
     HASH_ITER(hh, hub->rooms, room, rtmp) {
-        HASH_ITER(hh_room, room->members, m, mtmp) {
+        DL_FOREACH_SAFE2(room->members, m, mtmp, room_next) {
             if (!m->sess->origin && now_ms - m->last_seen_ms > limit) {
                 STOA_INFO("peer %s evicted from %s after %lld ms without a heartbeat", m->sess->peer,
                           room->name, (long long)(now_ms - m->last_seen_ms));
-                /* Frees room with its last member; HASH_ITER has already
-                 * read the next pointers, so both loops stay valid. */
+                /* Frees room with its last member; both loops have
+                 * already read their next pointers, so they stay valid. */
                 hub_remove_membership(hub, m, STOA_LEFT_TIMEOUT);
             }
         }
@@ -1311,7 +1319,7 @@ stoa_err_t stoa_hub_publish(stoa_hub_t *hub, const char *room_name, json_object 
         msg = stoa_wire_server_message(room_name, data);
         hub_broadcast(room, NULL, msg);
         stoa_msg_unref(msg);
-        *delivered = HASH_CNT(hh_room, room->members);
+        *delivered = room->npeers + room->nobservers;
     }
     if (hub->bus_ops) {   /* other instances hear of it */
         ev = json_object_new_object();   /* every instance delivers to its own members */
@@ -1330,8 +1338,11 @@ stoa_err_t stoa_hub_kick(stoa_hub_t *hub, const char *room_name, const char *pee
     membership_t *m = NULL;
     hub_lock(hub);
     HASH_FIND_STR(hub->rooms, room_name, room);
-    if (room)
-        HASH_FIND(hh_room, room->members, peer, strlen(peer), m);
+    if (room) {
+        stoa_session_t *s;
+        HASH_FIND_STR(hub->sessions, peer, s);
+        m = s ? membership_of(hub, room, s) : NULL;
+    }
     if (m && m->sess->origin) {   /* connected elsewhere: its instance removes it */
         json_object *ev = json_object_new_object();
         json_object_object_add(ev, "t", json_object_new_string("kick"));

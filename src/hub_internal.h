@@ -12,6 +12,7 @@
 #include "stoa/ratelimit.h"
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <uthash.h>
 #include <utlist.h>
@@ -31,11 +32,12 @@ typedef struct room room_t;
 typedef struct membership membership_t;
 
 struct membership {
-    /* What hub_broadcast's walk reads, in one cache line: the session and
-     * the next member. */
-    stoa_session_t *sess;
-    UT_hash_handle hh_room;      /* in room->members, keyed by sess->peer */
+    /* room then sess: the key in hub->memberships (MEMBERSHIP_KEY_LEN
+     * bytes). With room_next, what hub_broadcast's walk reads, in one
+     * cache line. */
     room_t *room;
+    stoa_session_t *sess;
+    membership_t *room_next, *room_prev;   /* room->members, in join order (utlist) */
     json_object *state;          /* always an object */
     /* The state's plain JSON text, encoded once per change for the size
      * limit and reused by every presence message it goes into (valid when
@@ -51,12 +53,15 @@ struct membership {
     bool dirty;                  /* state changed since the room's last presence flush */
     bool observer;               /* receives the room's messages, but is not announced, not
                                   * listed and has no presence (join with "observe": true) */
-    /* In sess->rooms, in join order (utlist: the head's sess_prev is the
-     * tail). A session is in few rooms (max_rooms_per_conn), so a list
-     * instead of a table: hub_find_membership finds the room, then the
-     * session among its members. */
-    membership_t *sess_prev, *sess_next;
+    membership_t *sess_prev, *sess_next;   /* sess->rooms, in join order (utlist) */
+    UT_hash_handle hh;           /* in hub->memberships, keyed by (room, sess) */
 };
+/* Memberships are found in one table of the hub's, by room and session,
+ * rather than one table per room and per session (each a 64-byte header
+ * and its buckets, for what is often a room of one). */
+#define MEMBERSHIP_KEY_LEN (offsetof(membership_t, sess) + sizeof(stoa_session_t *) - offsetof(membership_t, room))
+_Static_assert(offsetof(membership_t, sess) == offsetof(membership_t, room) + sizeof(room_t *),
+               "a membership's key is its room and session pointers, contiguous");
 
 /* Memberships are allocated in slabs of this many (hub.c). */
 #define MEMBERSHIP_SLAB 64
@@ -77,7 +82,7 @@ typedef struct membership_slab {
 
 struct room {
     char *name;
-    membership_t *members;       /* peers and observers */
+    membership_t *members;       /* peers and observers, in join order (room_next) */
     unsigned npeers, nobservers;
     /* Presence coalescing (presence_tick_ms): members with a changed state
      * are flagged dirty, and the room is on the hub's dirty list until a
@@ -166,6 +171,7 @@ struct stoa_hub {
     char *emit_buf;              /* the text of the bus event being emitted (hub_emit) */
     stoa_session_t **fan;        /* hub_broadcast's recipients in a big room, capfan of them */
     size_t capfan;
+    membership_t *memberships;   /* every membership, keyed by (room, sess) */
     membership_slab_t *mslabs;   /* every membership record (hub.c) */
     membership_t *mfree;         /* the free ones, linked through their first bytes */
     size_t emit_cap;
