@@ -407,8 +407,9 @@ void hub_remove_membership(stoa_hub_t *hub, membership_t *m, stoa_left_reason_t 
 /* s's membership of room, or NULL. */
 static membership_t *membership_of(stoa_hub_t *hub, room_t *room, stoa_session_t *s)
 {
-    membership_t key = {.room = room, .sess = s}, *m = NULL;
-    HASH_FIND(hh, hub->memberships, &key.room, MEMBERSHIP_KEY_LEN, m);
+    membership_key_t key = {room, s};
+    membership_t *m = NULL;
+    HASH_FIND(hh, hub->memberships, &key, MEMBERSHIP_KEY_LEN, m);
     return m;
 }
 

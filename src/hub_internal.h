@@ -16,15 +16,6 @@
 #include <stdatomic.h>
 #include <uthash.h>
 #include <utlist.h>
-/* Most tables here are small (a session's rooms, a room's members; an
- * idle connection has one of each): start them with one bucket instead of
- * uthash's 32. A table doubles its buckets once a chain reaches 10 items,
- * so lookups stay short as it grows. The macros are read where a table is
- * made, so redefining them here is enough. */
-#undef HASH_INITIAL_NUM_BUCKETS
-#undef HASH_INITIAL_NUM_BUCKETS_LOG2
-#define HASH_INITIAL_NUM_BUCKETS 1U
-#define HASH_INITIAL_NUM_BUCKETS_LOG2 0U
 
 #define STOA_PEER_ID_LEN 12
 
@@ -58,10 +49,16 @@ struct membership {
 };
 /* Memberships are found in one table of the hub's, by room and session,
  * rather than one table per room and per session (each a 64-byte header
- * and its buckets, for what is often a room of one). */
-#define MEMBERSHIP_KEY_LEN (offsetof(membership_t, sess) + sizeof(stoa_session_t *) - offsetof(membership_t, room))
-_Static_assert(offsetof(membership_t, sess) == offsetof(membership_t, room) + sizeof(room_t *),
-               "a membership's key is its room and session pointers, contiguous");
+ * and its buckets, for what is often a room of one). The key is the
+ * record's first two fields, laid out as membership_key_t. */
+typedef struct membership_key {
+    room_t *room;
+    stoa_session_t *sess;
+} membership_key_t;
+#define MEMBERSHIP_KEY_LEN sizeof(membership_key_t)
+_Static_assert(offsetof(membership_t, room) == offsetof(membership_key_t, room) &&
+                   offsetof(membership_t, sess) == offsetof(membership_key_t, sess),
+               "a membership's key is its room and session pointers, as in membership_key_t");
 
 /* Memberships are allocated in slabs of this many (hub.c). */
 #define MEMBERSHIP_SLAB 64
