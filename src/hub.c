@@ -722,7 +722,7 @@ stoa_session_t *stoa_hub_open(stoa_hub_t *hub, stoa_identity_t *ident, const sto
     atomic_init(&s->refs, 2);   /* the caller's and the hub's */
     s->hub = hub;
     s->ident = ident;
-    s->user = stoa_wire_frozen(stoa_identity_user_json(ident));   /* ~150 bytes instead of ~1 KB */
+    s->user = stoa_json_frozen(stoa_identity_user_json(ident));   /* ~150 bytes instead of ~1 KB */
     s->open = true;
     s->next_seq = 1;
     stoa_bucket_init(&s->presence_bucket, cfg->presence_burst, now);

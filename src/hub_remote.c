@@ -269,7 +269,7 @@ static void apply_record(stoa_hub_t *hub, const char *origin, json_object *rec)
         memcpy(s->peer, peer, STOA_PEER_ID_LEN + 1);
         memcpy(s->sidh, sidh, STOA_HUB_SIDH_LEN + 1);
         s->ident = id;
-        s->user = stoa_wire_frozen(json_object_get(user));
+        s->user = stoa_json_frozen(json_object_get(user));
         s->open = true;
         s->next_seq = 1;
         s->origin = stoa_xstrdup(origin);

@@ -82,6 +82,36 @@ static void enc_int(enc_t *e, int64_t v)
     enc_put(e, p, (size_t)(tmp + sizeof tmp - p));
 }
 
+/* A frozen value is a json-c string (its text stored inline) whose
+ * serializer writes that text as it is; frozen_tag, as its userdata,
+ * marks it. */
+static const char frozen_tag = 0;
+
+static int frozen_serialize(json_object *jso, struct printbuf *pb, int level, int flags)
+{
+    (void)level;
+    (void)flags;
+    return printbuf_memappend(pb, json_object_get_string(jso), json_object_get_string_len(jso));
+}
+
+json_object *stoa_json_frozen(json_object *obj)
+{
+    size_t len = 0;
+    const char *text = json_object_to_json_string_length(obj, JSON_C_TO_STRING_PLAIN, &len);
+    json_object *f = json_object_new_string_len(text, (int)len);
+    json_object_put(obj);
+    json_object_set_serializer(f, frozen_serialize, (void *)&frozen_tag, NULL);
+    return f;
+}
+
+const char *stoa_json_frozen_text(json_object *v, size_t *len)
+{
+    if (!v || json_object_get_userdata(v) != &frozen_tag)
+        return NULL;
+    *len = (size_t)json_object_get_string_len(v);
+    return json_object_get_string(v);
+}
+
 /* Whatever json-c itself must write (doubles, with their text kept from
  * the parse; integers above INT64_MAX): its own encoding of v alone. */
 static void enc_jsonc(enc_t *e, json_object *v)
@@ -93,8 +123,15 @@ static void enc_jsonc(enc_t *e, json_object *v)
 
 static void enc_value(enc_t *e, json_object *v)
 {
-    /* An object with userdata carries its own text (a frozen object,
-     * stoa_wire_frozen; a number kept as parsed): json-c writes it. */
+    /* A frozen value's text as it is (json-c would keep a copy in a
+     * buffer on the value for its lifetime); any other object with
+     * userdata (a number kept as parsed) has json-c write it. */
+    size_t flen;
+    const char *ftext = stoa_json_frozen_text(v, &flen);
+    if (ftext) {
+        enc_put(e, ftext, flen);
+        return;
+    }
     if (v && json_object_get_userdata(v)) {
         enc_jsonc(e, v);
         return;

@@ -1,5 +1,6 @@
 /* wire.c - server-to-client message encoders. */
 #include "stoa/wire.h"
+#include "stoa/jsontext.h"
 #include "stoa/util.h"
 
 #include <stdlib.h>
@@ -248,38 +249,12 @@ stoa_msg_t *stoa_wire_presence_batch_text(const char *room, const stoa_wire_stat
     return tb_msg(&b);
 }
 
-/* A frozen object is a json-c string (its text stored inline, one
- * allocation) whose serializer writes that text as it is; frozen_tag, as
- * its userdata, marks it (jsontext's encoder hands an object with userdata
- * to json-c, which calls the serializer). */
-static const char frozen_tag = 0;
-
-static int frozen_serialize(json_object *jso, struct printbuf *pb, int level, int flags)
-{
-    (void)level;
-    (void)flags;
-    return printbuf_memappend(pb, json_object_get_string(jso), json_object_get_string_len(jso));
-}
-
-json_object *stoa_wire_frozen(json_object *obj)
-{
-    size_t len = 0;
-    const char *text = json_object_to_json_string_length(obj, JSON_C_TO_STRING_PLAIN, &len);
-    json_object *f = json_object_new_string_len(text, (int)len);
-    json_object_put(obj);
-    json_object_set_serializer(f, frozen_serialize, (void *)&frozen_tag, NULL);
-    return f;
-}
-
-/* The JSON text of obj: a frozen object's own, without json-c (which
- * would keep a copy in a buffer of the object's for its lifetime). */
+/* The JSON text of obj: a frozen value's own, without json-c (which
+ * would keep a copy in a buffer on the value for its lifetime). */
 static const char *json_text(json_object *obj, size_t *len)
 {
-    if (json_object_get_userdata(obj) == &frozen_tag) {
-        *len = (size_t)json_object_get_string_len(obj);
-        return json_object_get_string(obj);
-    }
-    return json_object_to_json_string_length(obj, JSON_C_TO_STRING_PLAIN, len);
+    const char *text = stoa_json_frozen_text(obj, len);
+    return text ? text : json_object_to_json_string_length(obj, JSON_C_TO_STRING_PLAIN, len);
 }
 
 stoa_msg_t *stoa_wire_ephemeral_text(const char *room, const char *from, json_object *user, const char *data,

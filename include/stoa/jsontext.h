@@ -21,10 +21,21 @@
 /* Encode v (borrowed; NULL is null) as plain JSON text, byte for byte
  * what json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN) gives,
  * into *buf (grown with realloc as needed, *cap its size; owned by the
- * caller; NUL-terminated). Returns the text's length. Doubles, integers
- * above INT64_MAX and objects with userdata (their own serializer) are
+ * caller; NUL-terminated). Returns the text's length. A frozen value
+ * (stoa_json_frozen) is written as its text; doubles, integers above
+ * INT64_MAX and other objects with userdata (their own serializer) are
  * written by json-c. */
 size_t stoa_json_encode(json_object *v, char **buf, size_t *cap);
+
+/* A compact stand-in for obj (ownership taken) that serializes to the
+ * same JSON text wherever it is embedded (json-c's serializer and
+ * stoa_json_encode alike), for values that are only ever sent, never read
+ * (a session's user): one json-c string holding the text in its own
+ * allocation, instead of a tree. Owned by the caller. */
+json_object *stoa_json_frozen(json_object *obj);
+/* A frozen value's text and its length, or NULL when v is not one
+ * (borrowed from v; nothing is allocated, nor kept on v). */
+const char *stoa_json_frozen_text(json_object *v, size_t *len);
 
 /* After the JSON whitespace at p (p itself when there is none). */
 const char *stoa_json_ws(const char *p, const char *end);

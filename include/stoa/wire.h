@@ -56,11 +56,4 @@ stoa_msg_t *stoa_wire_ephemeral_text(const char *room, const char *from, json_ob
 /* Encode obj (borrowed) as a message. */
 stoa_msg_t *stoa_wire_encode(json_object *obj);
 
-/* A compact stand-in for obj (ownership taken) that serializes to the
- * same JSON text when embedded in a message, for objects that are only
- * ever sent, never read (a session's user): one json-c string holding the
- * text in its own allocation, instead of a hash table per object. Owned
- * by the caller. */
-json_object *stoa_wire_frozen(json_object *obj);
-
 #endif

@@ -307,6 +307,30 @@ START_TEST(test_random_texts)
 }
 END_TEST
 
+/* A frozen value encodes to the text it was made from, by the encoder
+ * and by json-c alike, wherever it is embedded. */
+START_TEST(test_frozen)
+{
+    const char *user = "{\"id\":\"ada\",\"name\":\"Ada \\\"L\\\"\",\"color\":\"#fff\",\"n\":[1,2.5,null]}";
+    json_object *f = stoa_json_frozen(json_tokener_parse(user)), *o = json_object_new_object();
+    char *buf = NULL;
+    size_t cap = 0, len, n = 0;
+    ck_assert_str_eq(stoa_json_frozen_text(f, &n), user);
+    ck_assert_uint_eq(n, strlen(user));
+    ck_assert_ptr_null(stoa_json_frozen_text(o, &n));
+    ck_assert_ptr_null(stoa_json_frozen_text(NULL, &n));
+    json_object_object_add(o, "u", json_object_get(f));
+    json_object_object_add(o, "x", json_object_new_int(1));
+    len = stoa_json_encode(o, &buf, &cap);
+    ck_assert_str_eq(buf, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    ck_assert_uint_eq(len, strlen(buf));
+    ck_assert_ptr_nonnull(strstr(buf, user));
+    free(buf);
+    json_object_put(o);
+    json_object_put(f);
+}
+END_TEST
+
 /* stoa_wire_ephemeral_text gives stoa_wire_ephemeral's bytes. */
 START_TEST(test_wire_ephemeral_text)
 {
@@ -330,7 +354,7 @@ START_TEST(test_wire_ephemeral_text)
                 stoa_msg_t *a, *b;
                 ck_assert(ok);
                 if (u && r)
-                    user = stoa_wire_frozen(user);   /* as sessions hold it */
+                    user = stoa_json_frozen(user);   /* as sessions hold it */
                 a = stoa_wire_ephemeral(rooms[r], "AbCdEf123456", user, data);
                 b = stoa_wire_ephemeral_text(rooms[r], "AbCdEf123456", user, buf, len);
                 ck_assert_str_eq(stoa_msg_text(b), stoa_msg_text(a));
@@ -353,6 +377,7 @@ static Suite *jsontext_suite(void)
     tcase_add_test(tc, test_depth);
     tcase_add_test(tc, test_skip);
     tcase_add_test(tc, test_random_texts);
+    tcase_add_test(tc, test_frozen);
     tcase_add_test(tc, test_wire_ephemeral_text);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
